@@ -1,0 +1,54 @@
+/**
+ * The raw native addon (native/binding/*.cc). Private: lib/ wraps every function with
+ * validation and friendly errors; nothing here is re-exported.
+ */
+export interface TensorDesc {
+  dtype: number;
+  device: number; // -1 = cpu
+  shape: number[];
+  strides: number[];
+  data?: ArrayBufferView; // cpu
+  mem?: DeviceMemoryHandle; // cuda
+  offset?: number; // bytes into mem
+}
+
+/** Opaque External wrapping native DeviceMemory. */
+export interface DeviceMemoryHandle { readonly __deviceMemory: unique symbol }
+
+export interface RawBackends {
+  cpu: { threads: number; simd: string };
+  cuda: {
+    compiled: boolean;
+    available: boolean;
+    reason?: string;
+    runtimeVersion: number;
+    driverVersion: number;
+    devices: { index: number; name: string; computeCapability: string; totalMemory: number; multiprocessors: number; l2CacheBytes: number }[];
+  };
+}
+
+export interface OpArgs {
+  async?: boolean;
+  stream?: bigint;
+  [key: string]: TensorDesc | number | boolean | bigint | undefined;
+}
+
+export interface Binding {
+  setErrorClass(cls: new (message: string, code: string) => Error): void;
+  backends(): RawBackends;
+  setThreads(n: number): void;
+  setIsa(name: string): boolean;
+  cudaAlloc(device: number, bytes: number, zero: boolean): DeviceMemoryHandle;
+  cudaFree(mem: DeviceMemoryHandle): void;
+  cudaWrap(ptr: bigint, bytes: number, device: number): DeviceMemoryHandle;
+  cudaCopy(mem: DeviceMemoryHandle, offset: number, host: ArrayBufferView, toDevice: boolean): void;
+  memInfo(mem: DeviceMemoryHandle): { ptr: bigint; bytes: number; freed: boolean; owned: boolean };
+  synchronize(device: number, stream?: bigint): void;
+
+  triad(args: OpArgs): undefined | Promise<void>;
+  divergence(args: OpArgs): undefined | Promise<void>;
+  tokenStats(args: OpArgs): undefined | Promise<void>;
+  topk(args: OpArgs): undefined | Promise<void>;
+  sampleTeacher(args: OpArgs): undefined | Promise<void>;
+  sparseKlDiv(args: OpArgs): undefined | Promise<void>;
+}

@@ -1,0 +1,310 @@
+/**
+ * Tensors: zero-copy views of TypedArrays on the CPU, and device memory on CUDA
+ * (allocated stream-ordered by the library, or borrowed with fromDevicePointer).
+ * Shapes and strides are in elements; strides let a row stride exceed the row length
+ * (a teacher with a padded vocabulary) without a copy.
+ */
+import type { DeviceMemoryHandle, TensorDesc } from '../binding.js';
+import { DTYPE_CODE, DTYPE_SIZE, DTYPES, allocArray, arrayTypeFor, bf16ToNumber, dtypeOfArray, f16ToNumber, toFloat32, type DType, type TypedArray } from './dtype.js';
+import { KdError, KdRangeError, KdTypeError, describe } from './errors.js';
+import { binding } from './native.js';
+import { expectInt, expectOneOf, expectOptions, expectShape } from './validate.js';
+
+export type Device = 'cpu' | `cuda:${number}`;
+
+export interface TensorOptions {
+  dtype?: DType;
+  device?: Device | 'cuda';
+  strides?: number[];
+}
+
+/** Parses 'cpu' | 'cuda' | 'cuda:N' to -1 | N. */
+export function parseDevice(name: string, v: unknown): number {
+  if (v === undefined || v === 'cpu') return -1;
+  if (v === 'cuda') return 0;
+  if (typeof v === 'string') {
+    const m = /^cuda:(\d{1,3})$/.exec(v);
+    if (m) return Number(m[1]);
+    throw new KdRangeError(`Expected 'cpu', 'cuda' or 'cuda:N' for ${name} but received ${describe(v)}`, 'KD_EDEVICE');
+  }
+  throw new KdTypeError(`Expected a device string for ${name} but received ${describe(v)}`, 'KD_EDEVICE');
+}
+
+export function deviceName(index: number): Device {
+  return index < 0 ? 'cpu' : `cuda:${index}`;
+}
+
+function contiguousStrides(shape: readonly number[]): number[] {
+  const s = new Array<number>(shape.length);
+  let acc = 1;
+  for (let i = shape.length - 1; i >= 0; i--) {
+    s[i] = acc;
+    acc *= shape[i]!;
+  }
+  return s;
+}
+
+/** Number of elements from the first to the last addressed element, inclusive (0 if empty). */
+export function extentOf(shape: readonly number[], strides: readonly number[]): number {
+  let last = 0;
+  for (let i = 0; i < shape.length; i++) {
+    if (shape[i] === 0) return 0;
+    last += (shape[i]! - 1) * strides[i]!;
+  }
+  return last + 1;
+}
+
+const internal = Symbol('kd.internal');
+
+/** True when the buffer was transferred away (Node 20 lacks ArrayBuffer.prototype.detached). */
+export function isDetached(buf: ArrayBufferLike): boolean {
+  if (buf.byteLength !== 0) return false;
+  try {
+    new Uint8Array(buf);
+    return false;
+  } catch {
+    return true;
+  }
+}
+
+export class Tensor implements Disposable {
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+  readonly device: Device;
+  readonly strides: readonly number[];
+  #data: TypedArray | undefined;
+  #mem: DeviceMemoryHandle | undefined;
+  #offset: number;
+  #disposed = false;
+  #keepAlive: unknown;
+
+  /** @internal Use kd.tensor / kd.empty / kd.zeros / kd.fromDevicePointer. */
+  constructor(
+    token: typeof internal,
+    init: { shape: number[]; dtype: DType; device: number; strides: number[]; data?: TypedArray; mem?: DeviceMemoryHandle; offset?: number; keepAlive?: unknown },
+  ) {
+    if (token !== internal) throw new KdTypeError('Tensors are created with kd.tensor, kd.empty, kd.zeros or kd.fromDevicePointer');
+    this.shape = Object.freeze(init.shape.slice());
+    this.strides = Object.freeze(init.strides.slice());
+    this.dtype = init.dtype;
+    this.device = deviceName(init.device);
+    this.#data = init.data;
+    this.#mem = init.mem;
+    this.#offset = init.offset ?? 0;
+    this.#keepAlive = init.keepAlive;
+  }
+
+  get numel(): number {
+    return this.shape.reduce((a, b) => a * b, 1);
+  }
+  get ndim(): number {
+    return this.shape.length;
+  }
+  /** -1 for the CPU, else the CUDA device index. */
+  get deviceIndex(): number {
+    return this.device === 'cpu' ? -1 : Number(this.device.slice(5));
+  }
+  get isCuda(): boolean {
+    return this.device !== 'cpu';
+  }
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+  get isContiguous(): boolean {
+    const c = contiguousStrides(this.shape);
+    return this.shape.every((d, i) => d <= 1 || this.strides[i] === c[i]);
+  }
+  /** Elements between the first and the last addressed element (what the memory must hold). */
+  get extent(): number {
+    return extentOf(this.shape, this.strides);
+  }
+
+  /** The device address of the first element (CUDA tensors only). */
+  get pointer(): bigint {
+    this.#check('pointer');
+    if (!this.#mem) throw new KdError('pointer is only defined for CUDA tensors', 'KD_EDEVICE');
+    return binding().memInfo(this.#mem).ptr + BigInt(this.#offset);
+  }
+
+  /**
+   * CPU: the TypedArray this tensor views (zero-copy; with strides it covers the
+   * extent). CUDA: waits for pending work and copies the extent to a new array.
+   */
+  toArray(): TypedArray {
+    this.#check('toArray');
+    if (this.#data) return this.#data;
+    const out = allocArray(this.dtype, this.extent);
+    binding().cudaCopy(this.#mem!, this.#offset, out, false);
+    return out;
+  }
+
+  /** The values as float32 (converted from f16/bf16/i32/u8), dense in row-major order. */
+  toFloat32Array(): Float32Array {
+    const raw = this.toArray();
+    if (this.isContiguous) return toFloat32(raw.subarray(0, this.numel) as TypedArray, this.dtype);
+    const full = toFloat32(raw, this.dtype);
+    const out = new Float32Array(this.numel);
+    const idx = new Array<number>(this.ndim).fill(0);
+    for (let k = 0; k < out.length; k++) {
+      let off = 0;
+      for (let d = 0; d < this.ndim; d++) off += idx[d]! * this.strides[d]!;
+      out[k] = full[off]!;
+      for (let d = this.ndim - 1; d >= 0; d--) {
+        if (++idx[d]! < this.shape[d]!) break;
+        idx[d] = 0;
+      }
+    }
+    return out;
+  }
+
+  /** The single value of a one-element tensor. */
+  item(): number {
+    if (this.numel !== 1) throw new KdRangeError(`item() needs a tensor with one element, this one has shape [${this.shape.join(', ')}]`, 'KD_ESHAPE');
+    const v = this.toArray()[0]!;
+    return this.dtype === 'bf16' ? bf16ToNumber(v) : this.dtype === 'f16' ? f16ToNumber(v) : v;
+  }
+
+  /** A copy on another device (same dtype, contiguous layout kept as strides). */
+  to(device: Device | 'cuda'): Tensor {
+    this.#check('to');
+    const target = parseDevice('device', device);
+    if (target === this.deviceIndex) return this;
+    const host = this.#data ? this.#data.subarray(0, this.extent) : this.toArray();
+    return createTensor(host as TypedArray, this.shape.slice(), { dtype: this.dtype, device: deviceName(target), strides: this.strides.slice() });
+  }
+
+  /** Frees device memory now (CPU: drops the reference). Idempotent. */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    if (this.#mem) binding().cudaFree(this.#mem);
+    this.#mem = undefined;
+    this.#data = undefined;
+    this.#keepAlive = undefined;
+  }
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  /** @internal Descriptor for the native layer. */
+  _desc(what = 'tensor'): TensorDesc {
+    this.#check(what);
+    return {
+      dtype: DTYPE_CODE[this.dtype],
+      device: this.deviceIndex,
+      shape: this.shape as number[],
+      strides: this.strides as number[],
+      data: this.#data,
+      mem: this.#mem,
+      offset: this.#offset,
+    };
+  }
+
+  #check(what: string): void {
+    if (this.#disposed) throw new KdError(`${what}: the tensor was disposed`, 'KD_EDISPOSED');
+    if (this.#data && isDetached(this.#data.buffer))
+      throw new KdError(`${what}: the tensor's ArrayBuffer was detached (transferred)`, 'KD_EDISPOSED');
+  }
+
+  toString(): string {
+    return `Tensor(${this.dtype}, [${this.shape.join(', ')}], ${this.device}${this.#disposed ? ', disposed' : ''})`;
+  }
+}
+
+function resolveStrides(shape: number[], strides: unknown): number[] {
+  if (strides === undefined) return contiguousStrides(shape);
+  const s = expectShape('strides', strides);
+  if (s.length !== shape.length)
+    throw new KdRangeError(`Expected ${shape.length} strides for shape [${shape.join(', ')}] but received ${s.length}`, 'KD_ESHAPE');
+  return s;
+}
+
+function createTensor(data: TypedArray, shape: number[], opts: TensorOptions): Tensor {
+  const dtype = opts.dtype!;
+  const device = parseDevice('device', opts.device);
+  const strides = resolveStrides(shape, opts.strides);
+  const extent = extentOf(shape, strides);
+  if (data.length < extent)
+    throw new KdRangeError(
+      `Expected data with at least ${extent} elements for shape [${shape.join(', ')}]${opts.strides ? ` and strides [${strides.join(', ')}]` : ''} but received ${describe(data)}`,
+      'KD_ESHAPE',
+    );
+  if (device < 0) return new Tensor(internal, { shape, dtype, device, strides, data });
+  const mem = binding().cudaAlloc(device, extent * DTYPE_SIZE[dtype], false);
+  binding().cudaCopy(mem, 0, data.subarray(0, extent), true);
+  return new Tensor(internal, { shape, dtype, device, strides, mem });
+}
+
+/**
+ * A tensor over `data`: a zero-copy view on the CPU, an upload on CUDA. The dtype
+ * follows the array (Float32Array → f32, Int32Array → i32, Uint8Array → u8); f16 and
+ * bf16 data is a Uint16Array of raw bits and must name its dtype.
+ */
+export function tensor(data: TypedArray, shape: number[], opts?: TensorOptions): Tensor {
+  const o = expectOptions('tensor options', opts, ['dtype', 'device', 'strides']);
+  if (!ArrayBuffer.isView(data) || data instanceof DataView)
+    throw new KdTypeError(`Expected a TypedArray for data but received ${describe(data)}`);
+  const s = expectShape('shape', shape);
+  const implied = dtypeOfArray(data);
+  const dtype = o.dtype === undefined ? implied : expectOneOf('dtype', o.dtype, DTYPES);
+  if (dtype === undefined)
+    throw new KdTypeError(`A ${data.constructor.name} needs an explicit dtype ('f16' or 'bf16' for Uint16Array); supported arrays: Float32Array, Uint16Array, Int32Array, Uint8Array`, 'KD_EDTYPE');
+  if (data.constructor.name !== arrayTypeFor(dtype))
+    throw new KdTypeError(`Expected a ${arrayTypeFor(dtype)} for dtype '${dtype}' but received ${describe(data)}`, 'KD_EDTYPE');
+  if (isDetached(data.buffer)) throw new KdError('tensor: the data ArrayBuffer is detached', 'KD_EDISPOSED');
+  return createTensor(data, s, { dtype, device: o.device as Device | undefined, strides: o.strides as number[] | undefined });
+}
+
+function alloc(shape: unknown, opts: unknown, zero: boolean, fn: string): Tensor {
+  const o = expectOptions(`${fn} options`, opts, ['dtype', 'device']);
+  const s = expectShape('shape', shape);
+  const dtype = o.dtype === undefined ? 'f32' : expectOneOf('dtype', o.dtype, DTYPES);
+  const device = parseDevice('device', o.device);
+  const numel = s.reduce((a, b) => a * b, 1);
+  const strides = contiguousStrides(s);
+  if (device < 0) {
+    if (numel > 2 ** 31) throw new KdRangeError(`${fn}: ${numel} elements exceed what a TypedArray can hold on the CPU`, 'KD_ESHAPE');
+    return new Tensor(internal, { shape: s, dtype, device, strides, data: allocArray(dtype, numel) });
+  }
+  const mem = binding().cudaAlloc(device, numel * DTYPE_SIZE[dtype], zero);
+  return new Tensor(internal, { shape: s, dtype, device, strides, mem });
+}
+
+/** An uninitialised tensor (CPU arrays are zero-filled anyway). */
+export function empty(shape: number[], opts?: { dtype?: DType; device?: Device | 'cuda' }): Tensor {
+  return alloc(shape, opts, false, 'empty');
+}
+
+/** A zero-filled tensor. */
+export function zeros(shape: number[], opts?: { dtype?: DType; device?: Device | 'cuda' }): Tensor {
+  return alloc(shape, opts, true, 'zeros');
+}
+
+/**
+ * Borrows device memory owned by someone else (another library's tensor). The pointer
+ * is checked with cudaPointerGetAttributes; `keepAlive` is held as long as the tensor,
+ * so the owner is not collected first. dispose() never frees borrowed memory.
+ */
+export function fromDevicePointer(
+  ptr: bigint,
+  shape: number[],
+  opts: { dtype: DType; device: Device | 'cuda'; strides?: number[]; keepAlive?: unknown },
+): Tensor {
+  if (typeof ptr !== 'bigint') throw new KdTypeError(`Expected a bigint for ptr but received ${describe(ptr)}`);
+  if (ptr <= 0n) throw new KdRangeError('Expected a non-null device pointer for ptr', 'KD_EINVAL');
+  const o = expectOptions('fromDevicePointer options', opts, ['dtype', 'device', 'strides', 'keepAlive']);
+  const s = expectShape('shape', shape);
+  const dtype = expectOneOf('dtype', o.dtype, DTYPES);
+  const device = parseDevice('device', o.device);
+  if (device < 0) throw new KdRangeError("fromDevicePointer needs a CUDA device ('cuda:N')", 'KD_EDEVICE');
+  const strides = resolveStrides(s, o.strides);
+  const bytes = extentOf(s, strides) * DTYPE_SIZE[dtype];
+  const mem = binding().cudaWrap(ptr, bytes, device);
+  return new Tensor(internal, { shape: s, dtype, device, strides, mem, keepAlive: o.keepAlive });
+}
+
+export function isTensor(v: unknown): v is Tensor {
+  return v instanceof Tensor;
+}
+
+export { expectInt };
