@@ -2,7 +2,7 @@
 import type { TensorDesc } from '../binding.js';
 import type { DType, FloatDType, TypedArray } from './dtype.js';
 import { KdError, KdRangeError, KdTypeError, describe } from './errors.js';
-import { Tensor, deviceName, empty, isTensor, tensor } from './tensor.js';
+import { Tensor, deviceName, empty, isDetached, isTensor, tensor } from './tensor.js';
 
 const FLOATS: readonly DType[] = ['f32', 'f16', 'bf16'];
 
@@ -33,6 +33,8 @@ export function asRows(name: string, x: unknown, op: string): Rows {
       throw new KdRangeError(`${op}: ${name} [B, T, V] must have rows evenly spaced (strides[0] = T * strides[1]) to flatten without a copy`, 'KD_ESHAPE');
     n = x.shape[0]! * t;
   }
+  if (n > 1 && ld < v)
+    throw new KdRangeError(`${op}: rows of ${name} overlap: its row stride (${ld}) is smaller than V (${v}); strides [${x.strides.join(', ')}]`, 'KD_ESHAPE');
   const d = x._desc(name);
   const desc: TensorDesc = { ...d, shape: [n, v], strides: [Math.max(ld, v), 1] };
   if (n <= 1) desc.strides = [Math.max(ld, v), 1];
@@ -59,10 +61,12 @@ export function sideInput(
   let host: TypedArray | undefined;
   if (isTensor(x)) {
     t = x;
+    x._desc(name); // a disposed or detached tensor: an error that names the argument
     if (t.deviceIndex !== device)
       throw new KdError(`${op}: ${name} is on ${t.device} but the logits are on ${deviceName(device)}`, 'KD_EDEVICE');
     if (t.device === 'cpu') host = t.toArray();
   } else if (x instanceof ctor) {
+    if (isDetached(x.buffer)) throw new KdError(`${op}: the ArrayBuffer of ${name} was detached (transferred)`, 'KD_EDISPOSED');
     host = x as TypedArray;
     t = tensor(host, [host.length], { device: deviceName(device) });
     if (device >= 0) temps.push(t);

@@ -1,5 +1,5 @@
 /** What this machine and this build can do, threads, and CUDA synchronisation. */
-import { KdError } from './errors.js';
+import { KdError, KdTypeError, describe } from './errors.js';
 import { binding, loadBinding } from './native.js';
 import { parseDevice, type Device } from './tensor.js';
 import { expectInt } from './validate.js';
@@ -43,6 +43,7 @@ export function setThreads(n: number): void {
 
 /** Waits until all work queued on a CUDA device (and the given stream) is done. */
 export function synchronize(device: Device | 'cuda' = 'cuda:0', stream?: bigint): void {
+  if (stream !== undefined && typeof stream !== 'bigint') throw new KdTypeError(`Expected a bigint (cudaStream_t) for stream but received ${describe(stream)}`);
   const d = parseDevice('device', device);
   if (d < 0) return; // CPU work is synchronous (or a Promise)
   binding().synchronize(d, stream);

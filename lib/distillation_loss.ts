@@ -48,7 +48,8 @@ function spec(labels: unknown, opts?: DistillationLossOptions) {
   if (labels === undefined || labels === null) throw new KdRangeError('distillationLoss: labels are required (i32 [N]; use ignoreIndex for tokens without a label)');
   return {
     op: 'distillationLoss',
-    divergence: divergence as DivergenceName,
+    // softWeight 0: CE only; the divergence is not computed (soft reports 0).
+    divergence: softWeight === 0 ? ('none' as const) : (divergence as DivergenceName),
     beta: expectBeta(opts?.beta),
     skew: expectSkew(opts?.skew),
     hardWeight,

@@ -1,4 +1,7 @@
 /** Element types. f16/bf16 data lives in `Uint16Array`s holding the raw bits. */
+import { KdTypeError, describe } from './errors.js';
+import { expectOneOf } from './validate.js';
+
 export type DType = 'f32' | 'f16' | 'bf16' | 'i32' | 'u8';
 export type FloatDType = 'f32' | 'f16' | 'bf16';
 export type TypedArray = Float32Array | Uint16Array | Int32Array | Uint8Array;
@@ -74,6 +77,10 @@ export function numberToF16(x: number): number {
 
 /** Converts raw data of `dtype` to a Float32Array (copy). */
 export function toFloat32(data: TypedArray, dtype: DType): Float32Array {
+  expectOneOf('dtype', dtype, DTYPES);
+  if (!ArrayBuffer.isView(data) || data instanceof DataView) throw new KdTypeError(`Expected a TypedArray for data but received ${describe(data)}`);
+  if (data.constructor.name !== arrayTypeFor(dtype))
+    throw new KdTypeError(`Expected a ${arrayTypeFor(dtype)} for dtype '${dtype}' but received ${describe(data)}`, 'KD_EDTYPE');
   if (dtype === 'f32') return Float32Array.from(data as Float32Array);
   if (dtype === 'bf16') {
     const out = new Float32Array(data.length);
@@ -87,6 +94,9 @@ export function toFloat32(data: TypedArray, dtype: DType): Float32Array {
 
 /** Converts numbers to the raw storage of `dtype`. */
 export function fromNumbers(values: ArrayLike<number>, dtype: DType): TypedArray {
+  expectOneOf('dtype', dtype, DTYPES);
+  if (values === null || typeof values !== 'object' || typeof values.length !== 'number')
+    throw new KdTypeError(`Expected an array of numbers for values but received ${describe(values)}`);
   const out = allocArray(dtype, values.length);
   if (dtype === 'bf16') for (let i = 0; i < values.length; i++) out[i] = numberToBf16(values[i]!);
   else if (dtype === 'f16') for (let i = 0; i < values.length; i++) out[i] = numberToF16(values[i]!);

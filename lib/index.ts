@@ -19,3 +19,15 @@ export { tvd, tvdAsync } from './tvd.js';
 export { skewKl, skewKlAsync, type SkewKlOptions } from './skew_kl.js';
 export { distillationLoss, distillationLossAsync, type DistillationLossOptions, type DistillationLossResult } from './distillation_loss.js';
 export { tokenStats, tokenStatsAsync, type TokenStats, type TokenStatsOptions } from './token_stats.js';
+export { crc32c } from './crc32c.js';
+export {
+  SparseLogitsWriter, SparseLogitsReader, inspectShard,
+  type SparseLogitsWriterOptions, type SparseLogitsReaderOptions, type SparseBatchInput, type SparseBatch, type SparseTeacherBatch, type WriterSummary,
+  type ShardHeader, type ShardInfo, type Manifest as SparseStoreManifest, type StoreLayout, type ValueDType, type IdEncoding, type StoreKind,
+} from './store.js';
+export { NpyReader, type NpyOptions } from './io/npy.js';
+export { SafetensorsReader, type SafetensorsOptions } from './io/safetensors.js';
+export { type RowSource, type RowDType } from './io/rows.js';
+export { topk, topkAsync, TOPK_MAX_K, type TopkOptions, type TopkResult } from './topk.js';
+export { sampleTeacher, sampleTeacherAsync, SAMPLE_MAX_N, type SampleTeacherOptions, type SampledTeacher } from './sample_teacher.js';
+export { sparseKlDiv, sparseKlDivAsync, SPARSE_TAILS, SPARSE_MAX_SLOTS, type SparseTail, type SparseTeacher, type SparseKlDivOptions, type SparseKlDivResult } from './sparse_kl_div.js';

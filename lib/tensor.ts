@@ -9,6 +9,10 @@ import { DTYPE_CODE, DTYPE_SIZE, DTYPES, allocArray, arrayTypeFor, bf16ToNumber,
 import { KdError, KdRangeError, KdTypeError, describe } from './errors.js';
 import { binding } from './native.js';
 import { expectInt, expectOneOf, expectOptions, expectShape } from './validate.js';
+import { constants as bufferConstants } from 'node:buffer';
+
+/** The largest ArrayBuffer this Node.js can allocate (4 GiB on Node 20). */
+const MAX_CPU_BYTES = bufferConstants.MAX_LENGTH;
 
 export type Device = 'cpu' | `cuda:${number}`;
 
@@ -263,8 +267,16 @@ function alloc(shape: unknown, opts: unknown, zero: boolean, fn: string): Tensor
   const numel = s.reduce((a, b) => a * b, 1);
   const strides = contiguousStrides(s);
   if (device < 0) {
-    if (numel > 2 ** 31) throw new KdRangeError(`${fn}: ${numel} elements exceed what a TypedArray can hold on the CPU`, 'KD_ESHAPE');
-    return new Tensor(internal, { shape: s, dtype, device, strides, data: allocArray(dtype, numel) });
+    const bytes = numel * DTYPE_SIZE[dtype];
+    if (numel > 2 ** 31 || bytes > MAX_CPU_BYTES)
+      throw new KdRangeError(`${fn}: shape [${s.join(', ')}] has ${numel} elements (${bytes} bytes), more than a CPU tensor can hold (2^31 elements, ${MAX_CPU_BYTES} bytes)`, 'KD_ESHAPE');
+    let data: TypedArray;
+    try {
+      data = allocArray(dtype, numel);
+    } catch (e) {
+      throw new KdError(`${fn}: cannot allocate ${bytes} bytes for shape [${s.join(', ')}]: ${(e as Error).message}`, 'KD_ENOMEM');
+    }
+    return new Tensor(internal, { shape: s, dtype, device, strides, data });
   }
   const mem = binding().cudaAlloc(device, numel * DTYPE_SIZE[dtype], zero);
   return new Tensor(internal, { shape: s, dtype, device, strides, mem });

@@ -148,7 +148,11 @@ TensorArg OpCall::Tensor(const char* name, uint32_t dtypes, int ndim, bool requi
   if (need_bytes > have_bytes)
     Fail("KD_ESHAPE", std::string(op_) + ": '" + name + "' needs " + std::to_string(need_bytes) +
                           " bytes but its memory has " + std::to_string(have_bytes));
-  if (empty) t.data = t.data ? t.data : nullptr;
+  // A present tensor without elements may have no storage (an empty ArrayBuffer's data
+  // is null); give it a non-null address, never dereferenced, so that kernels can tell
+  // "empty" (e.g. labels of N = 0 tokens) from "absent".
+  static uint8_t empty_storage[16];
+  if (empty && !t.data) t.data = empty_storage;
   if (device_ == -2) device_ = t.device;
   else if (device_ != t.device)
     Fail("KD_EDEVICE", std::string(op_) + ": '" + name + "' is on another device than the other tensors");
@@ -207,14 +211,23 @@ class OpWorker : public Napi::AsyncWorker {
   void Execute() override { status_ = fn_(); }  // no JS values touched here
   void OnOK() override {
     Napi::Env env = Env();
-    if (status_.ok()) {
-      deferred_.Resolve(env.Undefined());
-      return;
-    }
+    // When a worker_thread is terminated while this work was in flight, its environment
+    // can no longer run JS: settling the promise then fails with a Napi::Error, and one
+    // escaping from here would std::terminate the whole process (node-addon-api rethrows
+    // it when it cannot throw into JS). Nobody is left to await the promise: drop it.
     try {
-      ThrowStatus(env, status_, op_);
-    } catch (const Napi::Error& e) {
-      deferred_.Reject(e.Value());
+      if (status_.ok()) {
+        deferred_.Resolve(env.Undefined());
+        return;
+      }
+      Napi::Value err;
+      try {
+        ThrowStatus(env, status_, op_);
+      } catch (const Napi::Error& e) {
+        err = e.Value();
+      }
+      deferred_.Reject(err);
+    } catch (const Napi::Error&) {
     }
   }
 

@@ -60,6 +60,7 @@ Napi::Value Divergence(const Napi::CallbackInfo& info) {
   a.skew = float(call.Number("skew", 0.1));
   a.temperature = float(call.Number("temperature", 1.0));
   a.soft_weight = float(call.Number("softWeight", 1.0));
+  a.soft_scale = float(call.Number("softScale", 1.0));
   a.hard_weight = float(call.Number("hardWeight", 0.0));
   a.label_smoothing = float(call.Number("labelSmoothing", 0.0));
   if (a.hard_weight != 0.0f && !labels.present) call.Fail("KD_EINVAL", "divergence: a CE term needs labels");

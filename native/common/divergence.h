@@ -3,11 +3,13 @@
 // the CPU and CUDA kernels. Per row i (token), with q = softmax(z/T), p = softmax(t/T)
 // (or log p = t for teacher log-probs at T = 1):
 //
-//   soft_i  = D(p, q)                          (see native/cpu/divergence.cc for D, dD/dz)
+//   D_i     = D(p, q)                          (see native/common/divergence_math.h)
 //   hard_i  = CE(softmax(z), label_i)          (untempered, label smoothing eps)
-//   total_i = w_i * (hard_weight * hard_i + soft_weight * soft_i)
+//   total_i = w_i * (hard_weight * hard_i + soft_weight * D_i)
+//   soft_i  = soft_scale * D_i                 (the per-token output; no weights)
 //
-// soft_weight already includes T^2 when scaleByTemperatureSquared. A row is selected
+// soft_weight = softWeight * s and soft_scale = s, s = T^2 when
+// scaleByTemperatureSquared, else 1. A row is selected
 // when label != ignore_index (if labels) and mask != 0 (if mask). The loss is the
 // reduction of total over selected rows; the gradient is grad_scale * dLoss/dz.
 #pragma once
@@ -49,6 +51,7 @@ struct DivergenceArgs {
   float skew = 0.1f;                  // skew KLs (lambda)
   float temperature = 1.0f;
   float soft_weight = 1.0f;           // includes T^2 when requested
+  float soft_scale = 1.0f;            // the per-token `soft` output: soft_scale * D (T^2 or 1)
   float hard_weight = 0.0f;           // 0: no CE term (plain divergences)
   float label_smoothing = 0.0f;
 

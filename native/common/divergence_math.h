@@ -36,10 +36,15 @@ KD_HD bool div_needs_log(int32_t div) {
   return div == kJsd || div == kSkewForwardKl || div == kSkewReverseKl;
 }
 
-// jsd with beta at an endpoint is exactly a KL (TRL's generalized_jsd_loss).
-KD_HD int32_t effective_div(int32_t div, float beta) {
+// jsd with beta at an endpoint is exactly a KL (TRL's generalized_jsd_loss), and a
+// skew KL with lambda = 0 is exactly the plain KL. Dispatching these to the KL paths
+// is not only faster: at lambda = 0 the skew gradient's q * (p / r) with r = q is
+// 0 * inf where q underflows, while the KL form (q - p) is exact.
+KD_HD int32_t effective_div(int32_t div, float beta, float skew = 0.5f) {
   if (div == kJsd && beta == 0.0f) return kForwardKl;
   if (div == kJsd && beta == 1.0f) return kReverseKl;
+  if (div == kSkewForwardKl && skew == 0.0f) return kForwardKl;
+  if (div == kSkewReverseKl && skew == 0.0f) return kReverseKl;
   return div;
 }
 

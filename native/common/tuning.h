@@ -23,11 +23,78 @@ constexpr int64_t kCpuSerialElems = 1 << 15;
 // Must be a multiple of kCpuLanes; it fixes the summation order (determinism).
 constexpr int64_t kCpuRowBlock = 1024;
 
+// CPU: independent accumulator groups of kCpuLanes lanes in the row sums (cpu/row.h), i.e.
+// element j goes to lane j % (kCpuLanes * kCpuRowChains). One group is a single chain of
+// dependent vector adds (~3 cycles each); four let them pipeline (measured: a 16-lane sum
+// over an L1 block cost as much as the exp that produced it). Fixes the order, as above.
+constexpr int kCpuRowChains = 4;
+
+// CPU: how many row blocks (kCpuRowBlock) ahead the row kernels prefetch the inputs,
+// spread over the exp loop of the current block. Measured at 512 x 32000 f32: none 1.60,
+// 1 block 1.27, 2 blocks 1.06, 4 blocks ~1.1 ns/element/thread.
+constexpr int64_t kCpuPrefetchBlocks = 2;
+
+// CPU: row kernels hand each thread runs of about n / (threads * this) rows (at least
+// kCpuRowGrain), so a thread knows its next row and can prefetch its first blocks; 32
+// keeps the tail imbalance around 1/32 of a thread's share.
+constexpr int64_t kCpuRowRunsPerThread = 32;
+
+// CPU: gradients of at least this many bytes are written with streaming (non-temporal)
+// stores: they could not stay in the caches anyway, and skipping the read-for-ownership
+// saves a quarter of the fused kernel's memory traffic. Smaller ones stay in cache for the
+// caller's next op.
+constexpr int64_t kCpuStreamBytes = int64_t(16) << 20;
+
 // CUDA: threads per block for the one-block-per-row kernels. 512 threads x 16-byte
 // loads cover 4096 bf16 per sweep; with V=151936 a row takes ~37 sweeps per input.
 constexpr int kCudaRowThreads = 512;
 
 // CUDA: threads for the final deterministic (fixed-order tree) loss reduction.
 constexpr int kCudaReduceThreads = 1024;
+
+// ---- top-k, sampleTeacher, sparseKlDiv (native/{cpu,cuda}/{topk,sample_teacher,sparse_kl_div}) ----
+
+// CPU topk: candidate buffer slack beyond k. The streaming pass keeps up to k + slack
+// candidates and compacts (nth_element, O(k + slack)) when full, so a compaction costs
+// O(1) per accepted element; 256 keeps the buffer (<= 10 KiB for k = 1024) in L1.
+constexpr int64_t kCpuTopkSlack = 256;
+
+// CUDA topk: threads per row block (one block per row), and the shared-memory candidate
+// capacity of the fast path. Pass 1 histograms the top 11 key bits; when the bucket
+// holding the k-th largest plus everything above it fits in kCudaTopkCandidates
+// (8 bytes each: 32 KiB), pass 2 gathers those candidates and a bitonic sort finishes;
+// otherwise (tie-heavy rows) the radix refinement runs over the row in global memory.
+constexpr int kCudaTopkThreads = 512;
+constexpr int kCudaTopkCandidates = 4096;
+
+// CUDA sampleTeacher: threads per row block (16 warps; a warp scans one 1024-element
+// chunk of the proposal per draw).
+constexpr int kCudaSampleThreads = 512;
+
+// sampleTeacher: elements per chunk of the integer prefix sums of the proposal (CPU and
+// CUDA). Integer sums are exact, so this changes speed only, never the drawn ids.
+constexpr int64_t kSampleChunk = 1024;
+
+// CUDA sparseKlDiv: threads per row block.
+constexpr int kCudaSparseThreads = 512;
+
+// ---- CUDA divergence / token statistics / triad (native/cuda/{divergence,token_stats,triad}.cu) ----
+
+// CUDA divergence: the largest thread-block cluster a row is split over (sm_90+). A row's
+// slice is staged in shared memory so the gradient pass never re-reads DRAM: bf16
+// V = 151936 is 608 KB of student + teacher per row, 76 KB per block at 8 blocks. 8 is the
+// portable maximum cluster size (H100/H200 allow 16 as a non-portable opt-in).
+constexpr int kCudaMaxClusterBlocks = 8;
+
+// CUDA divergence: resident row blocks per SM the shared-memory staging budget is sized
+// for (budget = (smem per SM - reserved) / 2 per block, ~113 KB on H100/H200). Two blocks
+// of 512 threads at <= 64 registers per thread (__launch_bounds__(512, 2)) use the whole
+// register file; while one block waits at a barrier or computes, the other streams.
+constexpr int kCudaRowBlocksPerSm = 2;
+
+// CUDA triad: threads per block and resident blocks per SM of the grid-stride loop
+// (enough 16-byte loads in flight to saturate HBM; more blocks only add scheduling).
+constexpr int kCudaTriadThreads = 256;
+constexpr int kCudaTriadBlocksPerSm = 8;
 
 }  // namespace kd::tuning

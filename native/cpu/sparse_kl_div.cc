@@ -1,5 +1,406 @@
-// PLACEHOLDER until the op lands: reports "not implemented" (never called as done).
+// sparseKlDiv on the CPU: KD against a sparse teacher (k ids per row with teacher
+// log-probs, or sampled ids with importance weights) with the student's full-vocabulary
+// softmax. The four tail modes, their losses and gradients are in
+// common/sparse_kl_div.h (derivations: test/reference/sparse.ts).
+//
+// Per row (rows split over the pool, each row sequential):
+//   A  one read of z from memory, block by block (tuning::kCpuRowBlock, L1-sized): block
+//      max, e_j = exp((z_j - blockmax)/T) cached in a scratch row, block sums -> m,
+//      log S and per-block scales (cpu/row.h, as the divergence engine). 'bucket' also
+//      sums the tail (non-id elements) directly: blocks without ids reuse the block sum,
+//      blocks with ids re-sum their non-id elements from the cached e (or relative to
+//      their own non-id max when the ids dwarf them: no f32 underflow), so q_t is never
+//      formed as 1 - sum of the id masses.
+//   S  the k slots, in double: log q at the ids (z_id read before any gradient write, so
+//      grad may alias the student), the teacher side, the loss, and per distinct id the
+//      final gradient value. Slots are sorted by (id, slot) once, which groups repeated
+//      ids (only 'sampled' has them) and orders their sums by slot: deterministic.
+//   W  the gradient row: base coefficient * q_j (from the cached e) for every j, the ids
+//      overwritten with their own value, staged per block and rounded once to the
+//      gradient dtype.
+// One exp per element. The loss is reduced over rows in row order in double: bitwise
+// identical results for any thread count.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <vector>
+
+#include "common/select.h"
+#include "common/sparse_kl_div.h"
+#include "common/tuning.h"
 #include "cpu/kernels.h"
+#include "cpu/row.h"
+#include "cpu/thread_pool.h"
+
 namespace kd::cpu::KD_ISA {
-Status sparse_kl_div(const SparseKlDivArgs&) { return make_status(kUnsupported, "sparse_kl_div is not implemented yet"); }
+namespace {
+
+using row::exp_f;
+using row::kBlock;
+using row::kInf;
+using row::load_block;
+using row::row_ptr;
+using row::store_block;
+using row::zero_row;
+
+// Private fixed-lane helpers: lane l takes the elements j with j % kLanes == l; lanes
+// meet in a fixed tree, blocks in double in order (bitwise deterministic).
+constexpr int kLanes = tuning::kCpuLanes;
+template <class F>
+KD_ROW_INLINE void for_lanes(int64_t n, F&& f) {
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) f(j + l, l);
+  for (int l = 0; j + l < n; ++l) f(j + l, l);
+}
+KD_ROW_INLINE float lane_sum(float* b) {
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) b[l] += b[l + w];
+  return b[0];
+}
+KD_ROW_INLINE float block_max(const float* __restrict x, int64_t n) {
+  float mx[kLanes];
+  for (int l = 0; l < kLanes; ++l) mx[l] = -kInf;
+  for_lanes(n, [&](int64_t j, int l) { mx[l] = x[j] > mx[l] ? x[j] : mx[l]; });
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) mx[l] = mx[l + w] > mx[l] ? mx[l + w] : mx[l];
+  return mx[0];
+}
+// e_j = exp((x_j - shift) * inv_t) stored to e; returns their sum.
+KD_ROW_INLINE float exp_block(const float* __restrict x, int64_t n, float shift, float inv_t, float* __restrict e) {
+  float acc[kLanes] = {};
+  for_lanes(n, [&](int64_t j, int l) {
+    const float y = exp_f((x[j] - shift) * inv_t);
+    e[j] = y;
+    acc[l] += y;
+  });
+  return lane_sum(acc);
+}
+KD_ROW_INLINE float block_shift(float bmax) { return bmax == -kInf ? 0.0f : bmax; }
+
+struct RowSoftmax {
+  float m = 0.0f;  // raw row max
+  double s = 1.0;  // S = sum_j e^{(z_j - m)/T}: log q_j = (z_j - m)/T - log S
+};
+// Row max and S from the per-block maxima and sums, and the per-block scales c_b
+// (q_j = e_j c_b). A block of only -inf contributes nothing; a NaN makes S NaN.
+RowSoftmax combine_blocks(const float* bmax, const float* bsum, int64_t nb, float inv_t, float* c) {
+  RowSoftmax r;
+  float m = -kInf;
+  for (int64_t b = 0; b < nb; ++b) m = bmax[b] > m ? bmax[b] : m;
+  r.m = m;
+  auto weight = [&](int64_t b) {
+    return bsum[b] == 0.0f ? 0.0 : std::exp((double(block_shift(bmax[b])) - double(m)) * double(inv_t));
+  };
+  double s = 0.0;
+  for (int64_t b = 0; b < nb; ++b)
+    if (bsum[b] != 0.0f) s += double(bsum[b]) * weight(b);
+  for (int64_t b = 0; b < nb; ++b) c[b] = float(weight(b) / s);
+  r.s = s;
+  return r;
+}
+
+enum Blk { kBMax, kBSum, kBScale, kTShift, kTSum, kNumBlk };
+
+// Per-thread rows: the cached exp row, per-block arrays, L1 staging buffers.
+struct Scratch {
+  std::vector<float> e;
+  std::vector<float> blk[kNumBlk];
+  alignas(64) float zbuf[kBlock];
+  alignas(64) float gbuf[kBlock];
+};
+
+Scratch* row_scratch(int64_t v) {
+  static thread_local Scratch* s = nullptr;
+  try {
+    if (!s) s = new Scratch();
+    const int64_t nb = (v + kBlock - 1) / kBlock;
+    if (int64_t(s->e.size()) < v) s->e.resize(size_t(v));
+    for (auto& b : s->blk)
+      if (int64_t(b.size()) < nb) b.resize(size_t(nb));
+  } catch (const std::bad_alloc&) {
+    return nullptr;
+  }
+  return s;
+}
+
+struct SlotScratch {
+  std::vector<uint64_t> order;  // (id << 32 | slot), sorted
+  std::vector<double> lq;       // log q at each slot's id
+  std::vector<double> corr;     // the slot's correction (see row kernel)
+  alignas(64) uint8_t is_id[kBlock];
+};
+
+SlotScratch* slot_scratch(int64_t k) {
+  static thread_local SlotScratch* s = nullptr;
+  try {
+    if (!s) s = new SlotScratch();
+    if (int64_t(s->order.size()) < k) {
+      s->order.resize(size_t(k));
+      s->lq.resize(size_t(k));
+      s->corr.resize(size_t(k));
+    }
+  } catch (const std::bad_alloc&) {
+    return nullptr;
+  }
+  return s;
+}
+
+struct Plan {
+  const SparseKlDivArgs* a = nullptr;
+  float inv_t = 1.0f;
+  double grad_coef = 0.0;
+  float* rowtot = nullptr;
+};
+
+constexpr double kNaND = std::numeric_limits<double>::quiet_NaN();
+constexpr double kInfD = std::numeric_limits<double>::infinity();
+
+// log-softmax pieces of a slot vector v[0..k): max and log sum e^{v - max} (double).
+void lse_parts(const double* v, int64_t k, double* mx, double* log_sum) {
+  double m = -kInfD;
+  bool nan = false;
+  for (int64_t j = 0; j < k; ++j) {
+    nan |= std::isnan(v[j]);
+    m = v[j] > m ? v[j] : m;
+  }
+  if (nan || !std::isfinite(m)) {
+    *mx = kNaND;
+    *log_sum = kNaND;
+    return;
+  }
+  double s = 0.0;
+  for (int64_t j = 0; j < k; ++j) s += std::exp(v[j] - m);
+  *mx = m;
+  *log_sum = std::log(s);
+}
+
+void row_kernel(const Plan& P, int64_t i, Scratch& S, SlotScratch& T) {
+  const SparseKlDivArgs& a = *P.a;
+  const int64_t v = a.v, k = a.k;
+  const int64_t nb = (v + kBlock - 1) / kBlock;
+  void* grow = a.grad ? row_ptr(a.grad, a.g_dtype, a.ldg, i) : nullptr;
+  if (!row_selected(a.labels, a.ignore_index, a.mask, i)) {
+    if (grow) zero_row(grow, a.g_dtype, v);
+    P.rowtot[i] = 0.0f;
+    return;
+  }
+  const void* zrow = row_ptr(a.s, a.s_dtype, a.lds, i);
+  const int32_t* ids = a.ids + i * k;
+  float* const eq = S.e.data();
+  float* blk[kNumBlk];
+  for (int b = 0; b < kNumBlk; ++b) blk[b] = S.blk[b].data();
+  const float inv_t = P.inv_t;
+  const double inv_td = 1.0 / double(a.temperature);
+  const int32_t tail = a.tail;
+
+  uint64_t* order = T.order.data();
+  for (int64_t j = 0; j < k; ++j) order[j] = (uint64_t(uint32_t(ids[j])) << 32) | uint64_t(j);
+  std::sort(order, order + k);
+
+  // ---- pass A: block max, cached exp, block sums (+ the direct tail sum) -----------
+  int64_t p = 0;  // next entry of `order` (ids ascending)
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t off = b * kBlock, n = std::min(kBlock, v - off);
+    const float* z = load_block(zrow, a.s_dtype, off, n, S.zbuf);
+    const float mz = block_max(z, n), sz = block_shift(mz);
+    blk[kBMax][b] = mz;
+    blk[kBSum][b] = exp_block(z, n, sz, inv_t, eq + off);
+    if (tail != kBucket) continue;
+    int64_t p2 = p;
+    while (p2 < k && int64_t(order[p2] >> 32) < off + n) ++p2;
+    if (p2 == p) {  // no id here: the whole block is tail
+      blk[kTShift][b] = sz;
+      blk[kTSum][b] = blk[kBSum][b];
+      continue;
+    }
+    uint8_t* is_id = T.is_id;
+    std::memset(is_id, 0, size_t(n));
+    for (int64_t q = p; q < p2; ++q) is_id[int64_t(order[q] >> 32) - off] = 1;
+    p = p2;
+    float mx[kLanes];
+    for (int l = 0; l < kLanes; ++l) mx[l] = -kInf;
+    for_lanes(n, [&](int64_t j, int l) { mx[l] = (!is_id[j] && z[j] > mx[l]) ? z[j] : mx[l]; });
+    float tm = -kInf;
+    for (int l = 0; l < kLanes; ++l) tm = mx[l] > tm ? mx[l] : tm;
+    float ts = 0.0f, tshift = sz;
+    if (tm != -kInf) {
+      const float* e = eq + off;
+      float acc[kLanes] = {};
+      if ((sz - tm) * inv_t < 60.0f) {
+        for_lanes(n, [&](int64_t j, int l) { acc[l] += is_id[j] ? 0.0f : e[j]; });
+      } else {  // the ids dwarf the rest of the block: sum relative to the tail max
+        tshift = tm;
+        for_lanes(n, [&](int64_t j, int l) { acc[l] += is_id[j] ? 0.0f : exp_f((z[j] - tm) * inv_t); });
+      }
+      ts = lane_sum(acc);
+    }
+    blk[kTShift][b] = tshift;
+    blk[kTSum][b] = ts;
+  }
+  const RowSoftmax sq = combine_blocks(blk[kBMax], blk[kBSum], nb, inv_t, blk[kBScale]);
+  const double m = double(sq.m);
+  const double log_s = std::log(sq.s);
+
+  // ---- slots: log q at the ids, the loss, per-slot corrections ---------------------
+  double* lq = T.lq.data();
+  double* corr = T.corr.data();
+  for (int64_t j = 0; j < k; ++j) lq[j] = (double(load_as_f32(zrow, a.s_dtype, ids[j])) - m) * inv_td - log_s;
+  double L = 0.0;
+  double A = 0.0;       // ids: gradient = A q_id - sum of their slots' corrections
+  double a_all = 0.0;   // every other element: a_all q_j
+  const int vdt = a.values_dtype;
+  auto value = [&](int64_t j) { return double(load_as_f32(a.values, vdt, i * k + j)); };
+  if (tail == kSampled) {
+    const float* w = a.sample_weights + i * k;
+    double W = 0.0;
+    for (int64_t j = 0; j < k; ++j) {
+      const double wj = w[j];
+      corr[j] = wj * inv_td;
+      if (wj == 0.0) continue;  // 0 log q = 0, even for q = 0
+      L -= wj * lq[j];
+      W += wj;
+    }
+    A = a_all = W * inv_td;
+  } else if (tail == kBucket) {
+    const double lpt = a.tail_logprob[i];
+    const double pt = std::exp(lpt);
+    double sp = 0.0;
+    for (int64_t j = 0; j < k; ++j) {
+      const double vj = value(j), pj = std::exp(vj);
+      corr[j] = pj * inv_td;
+      sp += pj;
+      if (pj != 0.0) L += pj * (vj - lq[j]);
+    }
+    sp += pt;
+    double st = 0.0;  // the tail sum, relative to m like S
+    for (int64_t b = 0; b < nb; ++b)
+      if (blk[kTSum][b] != 0.0f) st += double(blk[kTSum][b]) * std::exp((double(blk[kTShift][b]) - m) * inv_td);
+    const double lqt = std::log(st) - log_s;  // -inf when there is no tail
+    if (pt != 0.0) L += pt * (lpt - lqt);
+    A = sp * inv_td;
+    a_all = pt == 0.0 ? A : (sp - pt / std::exp(lqt)) * inv_td;
+  } else {  // renormalize, conditional: p~ = softmax(values)
+    double vm, vls;
+    for (int64_t j = 0; j < k; ++j) corr[j] = value(j);  // staging the values
+    lse_parts(corr, k, &vm, &vls);
+    double qm = 0.0, qls = 0.0;
+    if (tail == kConditional) lse_parts(lq, k, &qm, &qls);
+    for (int64_t j = 0; j < k; ++j) {
+      const double lpj = corr[j] - vm - vls, pj = std::exp(lpj);
+      const double lqj = tail == kConditional ? lq[j] - qm - qls : lq[j];
+      if (pj != 0.0) L += pj * (lpj - lqj);
+      corr[j] = tail == kConditional ? (pj - std::exp(lqj)) * inv_td : pj * inv_td;
+    }
+    A = a_all = tail == kConditional ? 0.0 : inv_td;
+  }
+
+  const double w_row = a.weights ? double(a.weights[i]) : 1.0;
+  P.rowtot[i] = float(w_row * double(a.soft_weight) * L);
+  if (!grow) return;
+
+  // ---- pass W: the gradient row --------------------------------------------------------
+  const double f = P.grad_coef * w_row * double(a.soft_weight);
+  const float fa = float(f * a_all);
+  const bool fa_finite = std::isfinite(fa);
+  float* __restrict gb = S.gbuf;
+  p = 0;
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t off = b * kBlock, n = std::min(kBlock, v - off);
+    const float* __restrict e = eq + off;
+    const float cb = blk[kBScale][b];
+    if (tail == kConditional) std::fill(gb, gb + n, 0.0f);
+    else if (fa_finite) for (int64_t j = 0; j < n; ++j) gb[j] = fa * (e[j] * cb);
+    else for (int64_t j = 0; j < n; ++j) {  // fa = +-inf or NaN: 0 where q = 0 (no 0 * inf)
+      const float q = e[j] * cb;
+      gb[j] = q == 0.0f ? 0.0f : q * fa;
+    }
+    // the ids of this block, each distinct id once, its slots' corrections in slot order
+    while (p < k && int64_t(order[p] >> 32) < off + n) {
+      const int64_t id = int64_t(order[p] >> 32);
+      const int64_t first = int64_t(order[p] & 0xffffffffu);
+      double c = 0.0;
+      for (; p < k && int64_t(order[p] >> 32) == id; ++p) c += corr[order[p] & 0xffffffffu];
+      gb[id - off] = float(f * (A == 0.0 ? -c : A * std::exp(lq[first]) - c));
+    }
+    store_block(gb, n, a.g_dtype, grow, off);
+  }
+}
+
+struct Span { uintptr_t lo, hi; };
+Span span(const void* p, int32_t dt, int64_t n, int64_t ld, int64_t v) {
+  uintptr_t lo = reinterpret_cast<uintptr_t>(p);
+  return {lo, lo + uintptr_t(((n - 1) * ld + v) * dtype_size(dt))};
+}
+bool overlap(Span x, Span y) { return x.lo < y.hi && y.lo < x.hi; }
+
+}  // namespace
+
+Status sparse_kl_div(const SparseKlDivArgs& a) {
+  if (a.n < 0 || (a.n > 0 && a.v < 1) || a.k < 0) return make_status(kShape, "sparseKlDiv: need n >= 0, v >= 1, k >= 0");
+  if (a.tail < kRenormalize || a.tail > kSampled) return make_status(kInvalid, "sparseKlDiv: unknown tail mode");
+  if (a.reduction < kNone || a.reduction > kBatchMean) return make_status(kInvalid, "sparseKlDiv: unknown reduction");
+  if (!(a.temperature > 0.0f && a.temperature < kInf)) return make_status(kInvalid, "sparseKlDiv: temperature must be finite and > 0");
+  if (a.n == 0) {
+    if (a.loss && a.reduction != kNone) *a.loss = 0.0f;
+    return ok_status();
+  }
+  if (a.k < 1) return make_status(kShape, "sparseKlDiv: the sparse teacher needs k >= 1 slots per row");
+  if (a.v > int64_t(0x7fffffff)) return make_status(kShape, "sparseKlDiv: V must fit in int32");
+  if (!dtype_is_float(a.s_dtype) || (a.grad && !dtype_is_float(a.g_dtype)) || (a.tail != kSampled && !dtype_is_float(a.values_dtype)))
+    return make_status(kDtype, "sparseKlDiv: logits, values and gradient must be f32, f16 or bf16");
+  if (!a.s || !a.ids) return make_status(kInvalid, "sparseKlDiv: missing student logits or teacher ids");
+  if (a.tail == kSampled ? !a.sample_weights : !a.values) return make_status(kInvalid, "sparseKlDiv: missing teacher values or sample weights");
+  if (a.tail == kBucket && !a.tail_logprob) return make_status(kInvalid, "sparseKlDiv: 'bucket' needs tailLogProb");
+  if (a.lds < a.v || (a.grad && a.ldg < a.v)) return make_status(kShape, "sparseKlDiv: row strides must be >= v");
+  if (a.grad) {
+    const Span g = span(a.grad, a.g_dtype, a.n, a.ldg, a.v);
+    const bool same = a.grad == a.s && a.g_dtype == a.s_dtype && a.ldg == a.lds;
+    if (!same && overlap(g, span(a.s, a.s_dtype, a.n, a.lds, a.v)))
+      return make_status(kInvalid, "sparseKlDiv: grad partially overlaps the student logits");
+  }
+  for (int64_t j = 0; j < a.n * a.k; ++j)
+    if (a.ids[j] < 0 || a.ids[j] >= a.v) return make_status(kRange, "sparseKlDiv: a teacher id is outside [0, V)");
+  int64_t count = 0;
+  for (int64_t i = 0; i < a.n; ++i) count += row_selected(a.labels, a.ignore_index, a.mask, i) ? 1 : 0;
+  const double divisor = loss_divisor(a.reduction, count, a.v, a.normalizer);
+
+  Plan P;
+  P.a = &a;
+  P.inv_t = 1.0f / a.temperature;
+  P.grad_coef = divisor > 0.0 ? double(a.grad_scale) / divisor : 0.0;
+  std::vector<float> rowtot;
+  try {
+    rowtot.resize(size_t(a.n));
+  } catch (const std::bad_alloc&) {
+    return make_status(kNoMem, "sparseKlDiv: out of memory");
+  }
+  P.rowtot = rowtot.data();
+
+  std::atomic<bool> nomem{false};
+  auto run_rows = [&](int64_t b, int64_t e) {
+    Scratch* S = row_scratch(a.v);
+    SlotScratch* T = slot_scratch(a.k);
+    if (!S || !T) {
+      nomem.store(true);
+      return;
+    }
+    for (int64_t i = b; i < e; ++i) row_kernel(P, i, *S, *T);
+  };
+  if (a.n * a.v < tuning::kCpuSerialElems) run_rows(0, a.n);
+  else parallel_for(a.n, tuning::kCpuRowGrain, run_rows);
+  if (nomem.load()) return make_status(kNoMem, "sparseKlDiv: out of memory for scratch rows");
+
+  if (a.loss) {
+    if (a.reduction == kNone) {
+      for (int64_t i = 0; i < a.n; ++i) a.loss[i] = rowtot[size_t(i)];
+    } else {
+      double s = 0.0;
+      for (int64_t i = 0; i < a.n; ++i) s += double(rowtot[size_t(i)]);
+      *a.loss = divisor > 0.0 ? float(s / divisor) : 0.0f;
+    }
+  }
+  return ok_status();
+}
+
 }  // namespace kd::cpu::KD_ISA

@@ -1,5 +1,438 @@
-// PLACEHOLDER until the op lands: reports "not implemented" (never called as done).
+// topk on the CPU: per row (x [V], row stride ldx), the k largest entries sorted by
+// value descending (ties: lower index first; NaN first), as raw logits or as log-probs
+// at temperature T, and tailLogProb = log of the softmax(x/T) mass outside the top k
+// (definitions and the order in common/topk.h). Rows are split over the thread pool.
+//
+// One streaming pass per row, block by block (tuning::kCpuRowBlock elements, f16/bf16
+// converted into an L1 buffer):
+//   - a candidate buffer of at most k + slack composite keys; thr = the value of its
+//     k-th best once it has k. An element is a candidate iff x > thr (or NaN): later
+//     indices lose ties, so x <= thr means "definitely in the tail". For random data
+//     almost every element is rejected by that one compare.
+//   - in the same sweep the rejected elements' e^{(x - thr)/T} are summed (fixed lanes):
+//     the shift thr is >= every rejected element, so nothing overflows; a block whose
+//     tail sum comes out below 2^-80 (elements far below thr) is re-summed relative to
+//     its own tail max, so tiny tail masses (1e-30 and far below) keep full precision.
+//     Block sums are combined in double with e^{(thr_b - m)/T} once m is known.
+//   - when the buffer is full it is compacted to its best k (nth_element); the losers
+//     go to an "evicted" list, which is summed at the end (relative to its own max) and
+//     added to the tail: every tail element is thus summed exactly once, directly,
+//     never as total - top.
+// Then the k survivors are sorted, S_top is summed in double, and
+//   tailLogProb = -log1p(S_top / S_tail),  log-prob = (x - m)/T - log(S_top + S_tail).
+// One exponential per element (the tail sum) is the only arithmetic that scales with V:
+// it is a base-2 exp with a degree-5 polynomial (exp2_neg, relative error < 2.5e-7), in
+// one fused compare + exp + masked-add sweep written with AVX-512 / AVX2 intrinsics (a
+// scalar loop on the generic level), over L1-sized blocks while the next streams in.
+//
+// Determinism: every sum is over a fixed order (lanes per block, blocks in order, the
+// evicted list in the order of eviction, which depends only on the row), so the results
+// are bitwise identical for any thread count.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <functional>
+#include <vector>
+
+#include "common/topk.h"
+#include "common/tuning.h"
 #include "cpu/kernels.h"
+#include "cpu/row.h"
+#include "cpu/thread_pool.h"
+
+#if defined(KD_ISA_avx2) || defined(KD_ISA_avx512)
+#include <immintrin.h>
+#endif
+
 namespace kd::cpu::KD_ISA {
-Status topk(const TopkArgs&) { return make_status(kUnsupported, "topk is not implemented yet"); }
+namespace {
+
+using row::bitsf;
+using row::fbits;
+using row::kBlock;
+using row::kInf;
+using row::load_block;
+using row::row_ptr;
+
+// Private fixed-lane helpers (row.h's reductions are shaped for the divergence engine):
+// lane l takes the elements j with j % kLanes == l; lanes meet in a fixed tree.
+constexpr int kLanes = tuning::kCpuLanes;
+template <class F>
+KD_ROW_INLINE void for_lanes(int64_t n, F&& f) {
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) f(j + l, l);
+  for (int l = 0; j + l < n; ++l) f(j + l, l);
+}
+KD_ROW_INLINE float lane_sum(float* b) {
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) b[l] += b[l + w];
+  return b[0];
+}
+KD_ROW_INLINE float lane_max(float* b) {
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) b[l] = b[l + w] > b[l] ? b[l + w] : b[l];
+  return b[0];
+}
+// 2^y for y <= 0: y = n + f, f in [-1/2, 1/2], a degree-5 minimax polynomial for 2^f
+// (relative error < 2.5e-7 evaluated in f32), 2^n added to the exponent bits. y below
+// -126 gives 0 (a term under 2^-126 of the shift: the callers' sums are >= 2^-80, or
+// redone relative to their own max). Cheaper than row.h's exp_f (no subnormal results,
+// one exponent scaling), which matters here: this is the one transcendental per element.
+// Only ever evaluated on values the caller uses when y <= 0 (others are masked out).
+KD_ROW_INLINE float exp2_neg(float y) {
+  const float yc = y < -126.0f ? -126.0f : y;
+  const float t = yc + 12582912.0f;  // 1.5 * 2^23: rounds yc to an integer
+  const float n = t - 12582912.0f;
+  const float f = yc - n;
+  float p = 1.3278163969516754e-3f;
+  p = p * f + 9.675555862486362e-3f;
+  p = p * f + 5.5507078766822815e-2f;
+  p = p * f + 2.4022118747234344e-1f;
+  p = p * f + 6.931469440460205e-1f;
+  p = p * f + 1.0000001192092896f;
+  const uint32_t e = fbits(p) + (uint32_t(int32_t(fbits(t) - 0x4B400000u)) << 23);
+  return y < -126.0f ? 0.0f : bitsf(e);
+}
+constexpr float kLog2e = 1.44269504088896341f;
+
+// sum_j e^{(x_j - shift) / T} over n values (x_j <= shift); c2 = log2(e) / T.
+KD_ROW_INLINE float exp_sum(const float* __restrict x, int64_t n, float shift, float c2) {
+  float acc[kLanes] = {};
+  for_lanes(n, [&](int64_t j, int l) { acc[l] += exp2_neg((x[j] - shift) * c2); });
+  return lane_sum(acc);
+}
+
+// Sum of e^{(x_j - thr)/T} over x_j <= thr (the rejected elements), in one fused sweep
+// that also records, per group g of kLanes elements, a bit mask of its candidates
+// (x > thr or NaN) in cm[g]; the few non-zero masks are then scanned element by element.
+// Lane l accumulates the elements j = l (mod kLanes) on every ISA level (AVX-512: one
+// register; AVX2: two; generic: an array), then the fixed tree of lane_sum.
+static_assert(tuning::kCpuLanes == 16, "the vector sweeps below are written for 16 lanes");
+KD_ROW_INLINE float tail_sweep(const float* __restrict x, int64_t n, float thr, float c2, uint16_t* __restrict cm) {
+  float acc[kLanes];
+  int64_t j = 0, g = 0;
+#if defined(KD_ISA_avx512)
+  {
+    const __m512 vthr = _mm512_set1_ps(thr), vc2 = _mm512_set1_ps(c2), lo = _mm512_set1_ps(-150.0f);
+    const __m512 k5 = _mm512_set1_ps(1.3278163969516754e-3f), k4 = _mm512_set1_ps(9.675555862486362e-3f),
+                 k3 = _mm512_set1_ps(5.5507078766822815e-2f), k2 = _mm512_set1_ps(2.4022118747234344e-1f),
+                 k1 = _mm512_set1_ps(6.931469440460205e-1f), k0 = _mm512_set1_ps(1.0000001192092896f);
+    __m512 va = _mm512_setzero_ps();
+    for (; j + kLanes <= n; j += kLanes, ++g) {
+      const __m512 v = _mm512_loadu_ps(x + j);
+      const __mmask16 keep = _mm512_cmp_ps_mask(v, vthr, _CMP_LE_OQ);  // rejected: x <= thr (never NaN)
+      cm[g] = uint16_t(~unsigned(keep));
+      // 2^y = 2^f 2^n with n = rint(y), f in [-1/2, 1/2]: the polynomial, then vscalefps
+      // (exact, gradual underflow, 0 far below). y is clamped at -150 only so that -inf
+      // inputs give 2^-150 * 2^f = 0 instead of NaN (f = -inf - -inf).
+      const __m512 yc = _mm512_maskz_max_ps(__mmask16(0xffff), _mm512_mul_ps(_mm512_sub_ps(v, vthr), vc2), lo);
+      const __m512 nn = _mm512_maskz_roundscale_ps(__mmask16(0xffff), yc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m512 f = _mm512_sub_ps(yc, nn);
+      __m512 p = _mm512_fmadd_ps(k5, f, k4);
+      p = _mm512_fmadd_ps(p, f, k3);
+      p = _mm512_fmadd_ps(p, f, k2);
+      p = _mm512_fmadd_ps(p, f, k1);
+      p = _mm512_fmadd_ps(p, f, k0);
+      va = _mm512_mask_add_ps(va, keep, va, _mm512_maskz_scalef_ps(__mmask16(0xffff), p, nn));
+    }
+    _mm512_storeu_ps(acc, va);
+  }
+#elif defined(KD_ISA_avx2)
+  {
+    const __m256 vthr = _mm256_set1_ps(thr), vc2 = _mm256_set1_ps(c2), lo = _mm256_set1_ps(-126.0f);
+    const __m256 magic = _mm256_set1_ps(12582912.0f), zero = _mm256_setzero_ps();
+    const __m256 k5 = _mm256_set1_ps(1.3278163969516754e-3f), k4 = _mm256_set1_ps(9.675555862486362e-3f),
+                 k3 = _mm256_set1_ps(5.5507078766822815e-2f), k2 = _mm256_set1_ps(2.4022118747234344e-1f),
+                 k1 = _mm256_set1_ps(6.931469440460205e-1f), k0 = _mm256_set1_ps(1.0000001192092896f);
+    __m256 va[2] = {zero, zero};
+    for (; j + kLanes <= n; j += kLanes, ++g) {
+      unsigned bits = 0;
+      for (int h = 0; h < 2; ++h) {
+        const __m256 v = _mm256_loadu_ps(x + j + 8 * h);
+        const __m256 keep = _mm256_cmp_ps(v, vthr, _CMP_LE_OQ);  // rejected: x <= thr (never NaN)
+        bits |= (~unsigned(_mm256_movemask_ps(keep)) & 0xffu) << (8 * h);
+        const __m256 yc = _mm256_max_ps(_mm256_mul_ps(_mm256_sub_ps(v, vthr), vc2), lo);  // as AVX-512
+        const __m256 t = _mm256_add_ps(yc, magic);
+        const __m256 f = _mm256_sub_ps(yc, _mm256_sub_ps(t, magic));
+        __m256 p = _mm256_fmadd_ps(k5, f, k4);
+        p = _mm256_fmadd_ps(p, f, k3);
+        p = _mm256_fmadd_ps(p, f, k2);
+        p = _mm256_fmadd_ps(p, f, k1);
+        p = _mm256_fmadd_ps(p, f, k0);
+        const __m256i e = _mm256_add_epi32(_mm256_castps_si256(p),
+                                           _mm256_slli_epi32(_mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(magic)), 23));
+        va[h] = _mm256_add_ps(va[h], _mm256_and_ps(_mm256_castsi256_ps(e), keep));
+      }
+      cm[g] = uint16_t(bits);
+    }
+    _mm256_storeu_ps(acc, va[0]);
+    _mm256_storeu_ps(acc + 8, va[1]);
+  }
+#else
+  for (int l = 0; l < kLanes; ++l) acc[l] = 0.0f;
+  for (; j + kLanes <= n; j += kLanes, ++g) {
+    unsigned bits = 0;
+    for (int l = 0; l < kLanes; ++l) {
+      const float v = x[j + l];
+      const bool c = (v > thr) | (v != v);
+      bits |= unsigned(c) << l;
+      const float e = exp2_neg((v - thr) * c2);
+      acc[l] += c ? 0.0f : e;
+    }
+    cm[g] = uint16_t(bits);
+  }
+#endif
+  if (j < n) {  // the last partial group, scalar
+    unsigned bits = 0;
+    for (int l = 0; j + l < n; ++l) {
+      const float v = x[j + l];
+      const bool c = (v > thr) | (v != v);
+      bits |= unsigned(c) << l;
+      if (!c) acc[l] += exp2_neg((v - thr) * c2);
+    }
+    cm[g] = uint16_t(bits);
+  }
+  return lane_sum(acc);
+}
+
+// Candidate masks only (thr = -inf: every rejected element is -inf and adds 0).
+KD_ROW_INLINE void candidate_masks(const float* __restrict x, int64_t n, float thr, uint16_t* __restrict cm) {
+  for (int64_t j = 0, g = 0; j < n; j += kLanes, ++g) {
+    unsigned bits = 0;
+    for (int l = 0; l < kLanes && j + l < n; ++l) {
+      const float v = x[j + l];
+      bits |= unsigned((v > thr) | (v != v)) << l;
+    }
+    cm[g] = uint16_t(bits);
+  }
+}
+
+struct TopkScratch {
+  std::vector<uint64_t> cand;     // composite keys (common/topk.h)
+  std::vector<float> evicted;     // values of elements that left the candidate buffer
+  std::vector<float> shifts;      // per group of blocks with the same thr: the shift
+  std::vector<double> sums;       //   and the tail sum relative to it
+  alignas(64) float buf[kBlock];
+  uint16_t masks[kBlock / 16 + 4];       // candidate masks of a block's groups (+ zero padding)
+};
+
+TopkScratch* topk_scratch(int64_t cap) {
+  static thread_local TopkScratch* s = nullptr;
+  try {
+    if (!s) s = new TopkScratch();
+    if (int64_t(s->cand.capacity()) < cap) s->cand.reserve(size_t(cap));
+  } catch (const std::bad_alloc&) {
+    return nullptr;
+  }
+  return s;
+}
+
+// The rejected elements' sum relative to their own max (the precise fallback). Returns
+// the sum and sets *shift (0 sum when every rejected element is -inf).
+KD_ROW_INLINE float tail_sum_own_max(const float* __restrict x, int64_t n, float thr, float c2, float* shift) {
+  float mx[kLanes];
+  for (int l = 0; l < kLanes; ++l) mx[l] = -kInf;
+  for_lanes(n, [&](int64_t j, int l) {
+    const float v = x[j];
+    mx[l] = (v <= thr && v > mx[l]) ? v : mx[l];
+  });
+  const float m = lane_max(mx);
+  *shift = m;
+  if (m == -kInf) return 0.0f;
+  float acc[kLanes] = {};
+  for_lanes(n, [&](int64_t j, int l) {
+    const float v = x[j];
+    const float e = exp2_neg((v - m) * c2);
+    acc[l] += v <= thr ? e : 0.0f;
+  });
+  return lane_sum(acc);
+}
+
+struct RowSelect {
+  int64_t k;
+  int64_t cap;
+  float inv_t;
+  TopkScratch* S;
+  bool have_thr = false;
+  float thr = -kInf;
+
+  void compact() {
+    auto& c = S->cand;
+    std::nth_element(c.begin(), c.begin() + (k - 1), c.end(), std::greater<uint64_t>());
+    for (size_t j = size_t(k); j < c.size(); ++j) S->evicted.push_back(topk_key_value(uint32_t(c[j] >> 32)));
+    c.resize(size_t(k));
+    thr = topk_key_value(uint32_t(c[size_t(k - 1)] >> 32));  // the k-th best (nth_element)
+    have_thr = true;
+  }
+
+  KD_ROW_INLINE void push(float v, int64_t idx) {
+    S->cand.push_back(topk_composite(topk_order_key(v), uint32_t(idx)));
+    if (int64_t(S->cand.size()) >= cap) compact();
+  }
+
+  // Scalar pass over elements [j0, j1) of a block: the candidates (x > thr0, the block's
+  // threshold, or NaN; every element when `all`) enter the buffer, or go straight to
+  // the evicted list when the threshold has risen past them meanwhile.
+  void scan(const float* x, int64_t j0, int64_t j1, int64_t off, float thr0, bool all) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const float v = x[j];
+      if (!(all || v > thr0 || v != v)) continue;  // summed by tail_sweep
+      if (!have_thr || v > thr || v != v) push(v, off + j);
+      else S->evicted.push_back(v);
+    }
+  }
+  // The candidates of a block, from its groups' masks (cm zero-padded to a multiple of 4
+  // groups, read 64 bits = 64 elements at a time).
+  void scan_masks(const float* x, const uint16_t* cm, int64_t n, int64_t off, float thr0) {
+    const int64_t ng = (n + kLanes - 1) / kLanes;
+    for (int64_t g4 = 0; g4 < ng; g4 += 4) {
+      uint64_t w;
+      std::memcpy(&w, cm + g4, 8);
+      while (w) {
+        const int64_t j = g4 * kLanes + __builtin_ctzll(w);
+        w &= w - 1;
+        scan(x, j, j + 1, off, thr0, false);
+      }
+    }
+  }
+};
+
+// Sum over vals of e^{(x - m) * inv_t} in double, relative to their own max first.
+double evicted_sum(const std::vector<float>& ev, float m, float inv_t) {
+  const float c2 = kLog2e * inv_t;
+  const int64_t n = int64_t(ev.size());
+  if (n == 0) return 0.0;
+  const float* x = ev.data();
+  float mx[kLanes];
+  for (int l = 0; l < kLanes; ++l) mx[l] = -kInf;
+  for_lanes(n, [&](int64_t j, int l) { mx[l] = x[j] > mx[l] ? x[j] : mx[l]; });
+  const float me = lane_max(mx);
+  if (me == -kInf) return 0.0;
+  double total = 0.0;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t len = std::min(kBlock, n - b);
+    total += double(exp_sum(x + b, len, me, c2));
+  }
+  return total * std::exp((double(me) - double(m)) * double(inv_t));
+}
+
+void topk_row(const TopkArgs& a, int64_t i, TopkScratch* S) {
+  const int64_t v = a.v, k = a.k;
+  const float inv_t = 1.0f / a.temperature;
+  const float c2 = kLog2e * inv_t;
+  const void* xrow = row_ptr(a.x, a.x_dtype, a.ldx, i);
+  S->cand.clear();
+  S->evicted.clear();
+  S->shifts.clear();
+  S->sums.clear();
+  RowSelect R{k, k + std::max<int64_t>(k, tuning::kCpuTopkSlack), inv_t, S};
+
+  for (int64_t off = 0; off < v; off += kBlock) {
+    const int64_t n = std::min(kBlock, v - off);
+    const float* x = load_block(xrow, a.x_dtype, off, n, S->buf);
+    if (!R.have_thr) {
+      R.scan(x, 0, n, off, 0.0f, true);
+      continue;
+    }
+    const float thr0 = R.thr;
+    uint16_t* cm = S->masks;
+    if (thr0 == -kInf) {
+      candidate_masks(x, n, thr0, cm);
+    } else {
+      float shift = thr0;
+      float s = tail_sweep(x, n, thr0, c2, cm);
+      // Below 2^-80 the sum may have lost terms to f32 underflow: redo it relative to
+      // the block's own tail max (its largest term is then 1).
+      if (!(s >= 0x1p-80f)) s = tail_sum_own_max(x, n, thr0, c2, &shift);
+      if (s != 0.0f) {
+        if (!S->shifts.empty() && S->shifts.back() == shift) {
+          S->sums.back() += double(s);
+        } else {
+          S->shifts.push_back(shift);
+          S->sums.push_back(double(s));
+        }
+      }
+    }
+    const int64_t ng = (n + kLanes - 1) / kLanes;
+    for (int64_t g = ng; g < ((ng + 3) & ~int64_t(3)); ++g) cm[g] = 0;
+    R.scan_masks(x, cm, n, off, thr0);
+  }
+  if (int64_t(S->cand.size()) > k) R.compact();  // now exactly the top k
+
+  auto& c = S->cand;
+  std::sort(c.begin(), c.end(), std::greater<uint64_t>());
+  const float m = topk_key_value(uint32_t(c[0] >> 32));  // the row max (NaN if any NaN)
+  const bool finite = std::isfinite(m);
+
+  double s_top = 0.0, s_tail = 0.0;
+  if (finite) {
+    for (int64_t j = 0; j < k; ++j) {
+      const float xv = topk_key_value(uint32_t(c[size_t(j)] >> 32));
+      s_top += std::exp((double(xv) - double(m)) * double(inv_t));
+    }
+    for (size_t g = 0; g < S->shifts.size(); ++g)
+      s_tail += S->sums[g] * std::exp((double(S->shifts[g]) - double(m)) * double(inv_t));
+    s_tail += evicted_sum(S->evicted, m, inv_t);
+  }
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  double tail;
+  if (k == v) tail = -std::numeric_limits<double>::infinity();
+  else if (!finite) tail = nan;
+  else if (s_tail == 0.0) tail = -std::numeric_limits<double>::infinity();
+  else tail = -std::log1p(s_top / s_tail);
+  if (a.tail_logprob) a.tail_logprob[i] = float(tail);
+
+  const double log_s = finite ? std::log(s_top + s_tail) : nan;
+  int32_t* ind = a.indices ? a.indices + i * k : nullptr;
+  const int vsz = dtype_size(a.values_dtype);
+  char* vals = a.values ? static_cast<char*>(a.values) + i * k * vsz : nullptr;
+  const bool raw_copy = !a.output_logprobs && a.values_dtype == a.x_dtype;
+  for (int64_t j = 0; j < k; ++j) {
+    const uint32_t idx = topk_composite_index(c[size_t(j)]);
+    if (ind) ind[j] = int32_t(idx);
+    if (!vals) continue;
+    if (raw_copy) {
+      std::memcpy(vals + j * vsz, static_cast<const char*>(xrow) + int64_t(idx) * vsz, size_t(vsz));
+      continue;
+    }
+    const float xv = load_as_f32(xrow, a.x_dtype, idx);
+    float out = xv;
+    if (a.output_logprobs) out = float((double(xv) - double(m)) * double(inv_t) - log_s);
+    store_from_f32(vals, a.values_dtype, j, out);
+  }
+}
+
+}  // namespace
+
+Status topk(const TopkArgs& a) {
+  if (a.n < 0 || (a.n > 0 && a.v < 1)) return make_status(kShape, "topk: need n >= 0 and v >= 1");
+  if (a.n == 0) return ok_status();
+  if (a.k < 1 || a.k > a.v) return make_status(kInvalid, "topk: k must be in [1, V]");
+  if (!(a.temperature > 0.0f && a.temperature < kInf)) return make_status(kInvalid, "topk: temperature must be finite and > 0");
+  if (!dtype_is_float(a.x_dtype) || (a.values && !dtype_is_float(a.values_dtype)))
+    return make_status(kDtype, "topk: logits and values must be f32, f16 or bf16");
+  if (!a.x || a.ldx < a.v) return make_status(kShape, "topk: missing logits or row stride < V");
+  if (a.v > int64_t(0x7fffffff)) return make_status(kShape, "topk: V must fit in int32");
+
+  std::atomic<bool> nomem{false};
+  const int64_t cap = a.k + std::max<int64_t>(a.k, tuning::kCpuTopkSlack);
+  auto run_rows = [&](int64_t b, int64_t e) {
+    TopkScratch* S = topk_scratch(cap);
+    if (!S) {
+      nomem.store(true);
+      return;
+    }
+    try {
+      for (int64_t i = b; i < e; ++i) topk_row(a, i, S);
+    } catch (const std::bad_alloc&) {
+      nomem.store(true);
+    }
+  };
+  if (a.n * a.v < tuning::kCpuSerialElems) run_rows(0, a.n);
+  else parallel_for(a.n, tuning::kCpuRowGrain, run_rows);
+  if (nomem.load()) return make_status(kNoMem, "topk: out of memory for scratch");
+  return ok_status();
+}
+
 }  // namespace kd::cpu::KD_ISA

@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""PyTorch contender for the kd-kernels benchmark (optional; CUDA machines with torch).
+
+What a Python KD trainer runs today: the same losses written with torch ops, forward +
+backward (autograd), eager and under torch.compile, at the shapes and dtypes the
+benchmark runs. bench/run.ts calls this on CUDA runs when python3 has CUDA-enabled torch;
+it can also be run alone:
+
+    python3 bench/contenders/torch_bench.py --ops forward-kl,jsd --shapes 512x32000 --dtypes f32,bf16
+
+Data: drawn on the device from the same distribution as bench/harness.ts
+randomLogitPair (teacher 2·N(0,1) with 1-3 peaks raised by 8-14 per row; student =
+teacher + N(0,1) with its peaks off by ±30%), so the losses are of the same size; not the
+same bits (Node and torch do not share a generator).
+
+Semantics as the library's defaults: temperature 1, reduction 'batchmean' (sum / N),
+the gradient w.r.t. the student logits. bf16 inputs are upcast inside log_softmax
+(dtype=torch.float32), as a careful PyTorch user does; the gradient comes back in bf16.
+
+Output: one JSON line per measurement, e.g.
+  {"contender": "torch-eager", "op": "forward-kl", "N": 512, "V": 32000, "dtype": "f32", "ms": [..]}
+and the device's own bandwidth on the same bytes ("torch-triad": c = a + b), plus
+{"note": ...} lines for anything skipped. Times are CUDA-event times of one
+forward+backward step, after warm-up (torch.compile's compilation is excluded).
+"""
+import argparse
+import json
+import math
+import sys
+import time
+
+
+def emit(obj):
+    print(json.dumps(obj), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ops", default="forward-kl,reverse-kl,jsd")
+    ap.add_argument("--shapes", default="512x32000")
+    ap.add_argument("--dtypes", default="f32,bf16")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--no-compile", action="store_true")
+    args = ap.parse_args()
+
+    try:
+        import torch
+        import torch.nn.functional as F
+    except Exception as e:  # noqa: BLE001
+        emit({"note": f"torch not importable: {e}"})
+        return 3
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        emit({"note": "torch has no CUDA device"})
+        return 3
+
+    BETA = 0.5
+
+    def fkl(s, t):
+        lq = F.log_softmax(s, dim=-1, dtype=torch.float32)
+        lp = F.log_softmax(t, dim=-1, dtype=torch.float32)
+        return F.kl_div(lq, lp, reduction="batchmean", log_target=True)
+
+    def rkl(s, t):
+        lq = F.log_softmax(s, dim=-1, dtype=torch.float32)
+        lp = F.log_softmax(t, dim=-1, dtype=torch.float32)
+        return F.kl_div(lp, lq, reduction="batchmean", log_target=True)
+
+    def jsd(s, t):
+        # TRL generalized_jsd_loss, beta = 0.5
+        lq = F.log_softmax(s, dim=-1, dtype=torch.float32)
+        lp = F.log_softmax(t, dim=-1, dtype=torch.float32)
+        lm = torch.logsumexp(torch.stack([lq + math.log(1 - BETA), lp + math.log(BETA)]), dim=0)
+        kl_t = F.kl_div(lm, lp, reduction="none", log_target=True)
+        kl_s = F.kl_div(lm, lq, reduction="none", log_target=True)
+        return (BETA * kl_t + (1 - BETA) * kl_s).sum() / s.shape[0]
+
+    losses = {"forward-kl": fkl, "reverse-kl": rkl, "jsd": jsd}
+    dtypes = {"f32": torch.float32, "bf16": torch.bfloat16}
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(args.seed)
+
+    def data(N, V, dt):
+        t = 2 * torch.randn(N, V, device=dev, generator=gen)
+        s = t + torch.randn(N, V, device=dev, generator=gen)
+        ids = torch.randint(0, V, (N, 3), device=dev, generator=gen)
+        count = torch.randint(1, 4, (N, 1), device=dev, generator=gen)
+        live = (torch.arange(3, device=dev).unsqueeze(0) < count).float()
+        h = (8 + 6 * torch.rand(N, 3, device=dev, generator=gen)) * live
+        t.scatter_add_(1, ids, h)
+        s.scatter_add_(1, ids, h * (0.7 + 0.6 * torch.rand(N, 3, device=dev, generator=gen)))
+        return s.to(dt), t.to(dt)
+
+    budget_s = 0.25 if args.quick else 0.6
+    min_iters = 5 if args.quick else 10
+
+    def timed(step):
+        """CUDA-event ms of step() after warm-up; until the budget and min_iters are met."""
+        cuda = dev.type == "cuda"
+        for _ in range(3):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+        out, spent = [], 0.0
+        while len(out) < min_iters or spent < budget_s * 1000:
+            if cuda:
+                a = torch.cuda.Event(enable_timing=True)
+                b = torch.cuda.Event(enable_timing=True)
+                a.record()
+                step()
+                b.record()
+                b.synchronize()
+                ms = a.elapsed_time(b)
+            else:
+                t0 = time.perf_counter()
+                step()
+                ms = (time.perf_counter() - t0) * 1000
+            out.append(ms)
+            spent += ms
+            if len(out) >= 1000:
+                break
+        return out
+
+    for shape in args.shapes.split(","):
+        N, V = (int(x) for x in shape.lower().split("x"))
+        for dname in args.dtypes.split(","):
+            dt = dtypes[dname]
+            try:
+                s0, t = data(N, V, dt)
+            except RuntimeError as e:  # out of memory
+                emit({"note": f"{shape} {dname}: skipped: {str(e).splitlines()[0]}"})
+                continue
+            # The device's own bandwidth on the same bytes: c = a + b over N·V elements.
+            c = torch.empty_like(s0)
+            emit({"contender": "torch-triad", "op": "triad", "N": N, "V": V, "dtype": dname,
+                  "ms": timed(lambda: torch.add(s0, t, out=c))})
+            del c
+            for op in args.ops.split(","):
+                fn = losses.get(op)
+                if fn is None:
+                    emit({"note": f"{op}: no torch contender"})
+                    continue
+                variants = [("torch-eager", fn)]
+                if not args.no_compile:
+                    try:
+                        variants.append(("torch-compile", torch.compile(fn)))
+                    except Exception as e:  # noqa: BLE001
+                        emit({"note": f"torch.compile unavailable: {e}"})
+                for name, f in variants:
+                    s = s0.clone().requires_grad_(True)
+
+                    def step(f=f, s=s):
+                        s.grad = None
+                        loss = f(s, t)
+                        loss.backward()
+
+                    try:
+                        ms = timed(step)
+                        with torch.no_grad():
+                            value = float(f(s, t))
+                        emit({"contender": name, "op": op, "N": N, "V": V, "dtype": dname, "ms": ms, "loss": value})
+                    except Exception as e:  # noqa: BLE001
+                        emit({"note": f"{name} {op} {shape} {dname}: failed: {str(e).splitlines()[0]}"})
+                    del s
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
+            del s0, t
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

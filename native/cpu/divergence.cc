@@ -1,0 +1,507 @@
+// divergence: the fused forward + backward engine behind klDiv, jsd, tvd, skewKl and
+// distillationLoss, on the CPU. One row (token) at a time; rows split over the pool.
+//
+// Per row, student logits z [V] (row stride lds), teacher t [V] (stride ldt), T > 0:
+//   q = softmax(z/T), log q_j = (z_j - max z)/T - log S_q
+//   p = softmax(t/T), or p = e^t, log p = t as given (teacher log-probs at T = 1; NOT
+//       renormalised, so sum p may differ from 1)
+//   D = the divergence (formulas in common/divergence_math.h; jsd with beta = 0 / 1 and
+//       the skew KLs with lambda = 0 are exactly forward / reverse KL and run as such)
+//   dD/dz_j = q_j (g_j - sum_k q_k g_k) / T,  g = dD/dq   (softmax chain rule), i.e.
+//       forward  (q_j sum p - p_j)/T             reverse  q_j (log q_j - log p_j - D)/T
+//       jsd      (1-b) q_j (log q_j - log m_j - KL(q||m))/T
+//       tvd / skew   q_j (g_j - G)/T, G = sum q g
+//   CE (labels y, eps = label smoothing, untempered q0 = softmax(z)):
+//       CE = log S_0 - (1-eps)(z_y - max z) - eps mean_j(z_j - max z)
+//       dCE/dz_j = q0_j - (1-eps)[j == y] - eps/V
+//   total_i = w_i (hard_weight CE_i + soft_weight D_i); soft_i = soft_scale D_i; loss =
+//   reduction of total over the selected rows (common/select.h); grad = grad_scale
+//   dLoss/dz, exactly 0 on unselected rows. A term whose weight is exactly 0 is left out
+//   of total and grad (no 0 * inf); hard_i is reported whenever labels are given.
+//
+// Passes over one row; after A the row's inputs and two f32 scratch rows (~16V bytes)
+// sit in L2, and the later passes run from there:
+//   A  reads z and t from memory once, in L1-sized blocks (tuning::kCpuRowBlock): per
+//      block the max, e_j = exp((x_j - blockmax)/T) into a per-thread scratch row, and
+//      the block sum. Per-block shifts fuse the max into the exp pass, so the DRAM read
+//      overlaps the exp work; blocks kCpuPrefetchBlocks ahead are prefetched a few lines
+//      at a time inside the exp loop. The block sums are combined in double into log S
+//      and per-block scales c_b (q_j = e_j c_b). (+ e^(z_j - blockmax) for CE when
+//      T != 1; at T = 1 the CE's q0 is q itself.)
+//   B  forward KL: loss terms and the gradient in the same sweep (it needs no row sum).
+//      Others: D and G = sum q g, with g_j stored over the teacher's scratch row.
+//   C  (the G divergences, with a gradient) dz_j from e_j and the stored g_j.
+// So each element costs 2 exp (+1 log for jsd / skew, +1 exp for CE at T != 1), not the
+// 4 of recomputing both softmaxes in a second pass. exp / log are our own (cpu/row.h):
+// branchless polynomials that GCC vectorises without -ffast-math, and at AVX-512 the exp
+// pass in intrinsics (vscalefps). The element loops take __restrict L1 blocks and write
+// per-element terms that fixed-lane vector sums reduce. bf16 rows are read in place;
+// f16 ones are converted to an L1 block. Gradients of >= kCpuStreamBytes go out with
+// streaming stores (no read-for-ownership); bf16 ones through the AVX512-BF16
+// conversion where the CPU has it. Rows are handed out in runs (row_grain) so that a
+// thread prefetches the first blocks of its next row while it finishes this one.
+// Measured (512 x 32000, f32, 2 threads, this repo's 2-core EPYC): forward KL fwd+bwd
+// ~1.5x the triad time over the same bytes (~2/3 of the memory floor), jsd ~1.5x
+// forward KL, bf16 ~ f32 elements/s.
+//
+// Determinism: every row sum is taken in fixed lanes (kCpuLanes x kCpuRowChains) per
+// block and a fixed tree, then over blocks in double, and the scalar loss is reduced in
+// row order in double from a per-row buffer: bitwise identical for any thread count.
+// In place (grad == s, same dtype and stride): a block of z is read for the last time
+// before the same block of the gradient is written; any other overlap is rejected.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <vector>
+
+#include "common/divergence_math.h"
+#include "common/select.h"
+#include "common/tuning.h"
+#include "cpu/kernels.h"
+#include "cpu/row.h"
+#include "cpu/thread_pool.h"
+
+namespace kd::cpu::KD_ISA {
+namespace {
+
+using namespace row;
+
+// Mixture divergences (jsd, skew KLs): the mixture m = a p + b q is clamped to >= 2^-100.
+// In linear space a p can underflow to 0 next to a subnormal p > 0 (then log m = -inf
+// and p (lp - lm) = inf) and p / m would overflow in the skew gradients; the clamp changes
+// only elements whose true contribution is < ~1e-28, and keeps log m a normal-range log.
+constexpr float kTinyMixture = 7.8886091e-31f;  // 2^-100
+
+enum CeMode : int { kCeOff = 0, kCeReuse = 1, kCeOwn = 2 };  // reuse: q0 = q (T == 1)
+
+// Per-call constants shared by every row.
+struct Plan {
+  const DivergenceArgs* a = nullptr;
+  float inv_t = 1.0f;     // 1/T of the divergence (1 without a divergence: q is then q0)
+  bool t_raw = false;     // teacher log-probs at T = 1: log p = t, p = e^t
+  int ce = kCeOff;        // CE computed (needs labels): for the loss or the `hard` output
+  float eps = 0.0f;
+  float beta = 0.5f, skew = 0.1f;
+  float sw = 0.0f, hw = 0.0f;
+  bool use_soft = false;  // soft_weight != 0 and a divergence: D enters total and grad
+  bool use_hard = false;  // hard_weight != 0: CE enters total and grad
+  double grad_coef = 0.0; // grad_scale / divisor (0 when nothing is selected)
+  bool stream = false;    // a gradient larger than the caches: streaming stores
+  float* rowtot = nullptr;
+};
+
+// Scratch layout (row.h Scratch): rows e_q, e_p (then g), e_0; per-block arrays below.
+enum Blk { kQMax, kQSum, kQScale, kPMax, kPSum, kPScale, k0Sum, k0Scale, kZCen };
+
+// Adds the CE gradient to one staged gradient block: a2 q0_j - a2 eps/V, and -a2 (1-eps)
+// at the label.
+struct CeGrad {
+  const float* e = nullptr;  // cached exp row of q0 (e_q or e_0)
+  const float* c = nullptr;  // its per-block scales
+  float a2 = 0.0f, a3 = 0.0f, ay = 0.0f;
+  int64_t y = -1;
+  static KD_ROW_INLINE void axpb(const float* __restrict e, int64_t n, float c, float a2, float a3, float* __restrict g) {
+    for (int64_t j = 0; j < n; ++j) g[j] += a2 * (e[j] * c) + a3;
+  }
+  KD_ROW_INLINE void add(float* g, int64_t b, int64_t off, int64_t n) const {
+    axpb(e + off, n, c[b], a2, a3, g);
+    if (y >= off && y < off + n) g[y - off] -= ay;
+  }
+};
+
+// Row constants of the later passes: log q_j = (z_j - mq) inv_t - lsq, same for p.
+struct RowConst {
+  float mq, lsq, mp, lsp, inv_t, beta, skew;
+};
+
+// The element loops below take __restrict pointers to L1-resident blocks so that GCC
+// vectorises them without alias checks; their per-element terms go to tmp buffers that
+// sum_block (fixed lanes) reduces. Z, T: float, or uint16_t for bf16 rows read in place;
+// gradients go out as float or, rounded in the loop, as bf16 (uint16_t).
+
+// Forward KL, one block: D terms, and a1 (q sum_p - p) into g (pass B, with a gradient).
+// q itself is not needed here, only q sum_p = e_q (c_q sum_p).
+template <bool WITH_G, bool UNIT, class Z, class T, class G>
+KD_ROW_INLINE void fkl_block(const Z* __restrict z, const T* __restrict t, const float* __restrict eq,
+                             const float* __restrict ep, int64_t n, float cq, float cp, const RowConst& k,
+                             float a1, float sum_p, float* __restrict term, G* __restrict g) {
+  const float mq = k.mq, lsq = k.lsq, mp = k.mp, lsp = k.lsp, it = k.inv_t, beta = k.beta;
+  const float cqs = cq * sum_p;
+  for (int64_t j = 0; j < n; ++j) {
+    const float p = ep[j] * cp;
+    const float lq = log_softmax_at<UNIT>(ldf(z, j), mq, it, lsq), lp = log_softmax_at<UNIT>(ldf(t, j), mp, it, lsp);
+    term[j] = div_term(kForwardKl, lq, lp, 0.0f, p, 0.0f, beta);
+    if constexpr (WITH_G) stf(g, j, a1 * div_grad(kForwardKl, lq, lp, eq[j] * cqs, p, 0.0f, 0.0f, 0.0f, beta));
+  }
+}
+
+// The other divergences, pass B: D terms, q g terms for G = sum q g, and (keep_g) g_j
+// stored over e_p (p is not needed after this pass).
+template <int DIV, bool KEEP_G, bool UNIT, class Z, class T>
+KD_ROW_INLINE void gdiv_block(const Z* __restrict z, const T* __restrict t, const float* __restrict eq,
+                              float* __restrict ep, int64_t n, float cq, float cp, const RowConst& k,
+                              float* __restrict term, float* __restrict qg) {
+  const float mq = k.mq, lsq = k.lsq, mp = k.mp, lsp = k.lsp, it = k.inv_t, beta = k.beta, skew = k.skew;
+  for (int64_t j = 0; j < n; ++j) {
+    const float q = eq[j] * cq, p = ep[j] * cp;
+    const float lq = log_softmax_at<UNIT>(ldf(z, j), mq, it, lsq), lp = log_softmax_at<UNIT>(ldf(t, j), mp, it, lsp);
+    float tm, g;
+    if constexpr (DIV == kReverseKl) {
+      tm = div_term(DIV, lq, lp, q, p, 0.0f, beta);
+      g = lq - lp;  // pass C: div_grad(kReverseKl) = q (lq - lp - D)
+    } else if constexpr (DIV == kTvd) {
+      tm = div_term(DIV, lq, lp, q, p, 0.0f, beta);
+      g = div_g(DIV, lq, q, p, 0.0f, 0.0f, skew);
+    } else {  // jsd, skew KLs: the log of the mixture; equal components mix to themselves
+      float m = div_mixture(DIV, p, q, beta, skew);
+      m = m < kTinyMixture ? kTinyMixture : m;  // see kTinyMixture (a NaN passes)
+      const float lm = lq == lp ? lq : log_normal_f(m);
+      tm = div_term(DIV, lq, lp, q, p, lm, beta);
+      g = div_g(DIV, lq, q, p, m, lm, skew);
+    }
+    term[j] = tm;
+    if constexpr (KEEP_G) {
+      qg[j] = mul0(q, g);
+      ep[j] = g;
+    }
+  }
+}
+
+// Pass C: a1 * dD/dz from q and the stored g. dD/dz is linear in q_j = e_j c_q (and 0
+// exactly where e_j is), so e_j goes in as q and c_q joins the row factor.
+template <int DIV, class O>
+KD_ROW_INLINE void gdiv_grad_block(const float* __restrict eq, const float* __restrict gg, int64_t n, float cq,
+                                   float a1, float L, float G, float beta, O* __restrict out) {
+  const float f = a1 * cq;
+  for (int64_t j = 0; j < n; ++j) {
+    // reverse KL: g = lq - lp is passed as lq (with lp = 0): q (g - D)
+    stf(out, j, f * div_grad(DIV, gg[j], 0.0f, eq[j], 0.0f, gg[j], L, G, beta));
+  }
+}
+
+template <int DIV, bool GRAD>
+void row_kernel(const Plan& P, int64_t i, int64_t next, Scratch& S) {
+  const DivergenceArgs& a = *P.a;
+  const int64_t v = a.v;
+  const int64_t nb = (v + kBlock - 1) / kBlock;
+  void* grow = GRAD ? row_ptr(a.grad, a.g_dtype, a.ldg, i) : nullptr;
+
+  if (!row_selected(a.labels, a.ignore_index, a.mask, i)) {
+    if (GRAD) zero_row(grow, a.g_dtype, v);
+    if (a.hard) a.hard[i] = 0.0f;
+    if (a.soft) a.soft[i] = 0.0f;
+    if (a.total) a.total[i] = 0.0f;
+    P.rowtot[i] = 0.0f;
+    return;
+  }
+
+  constexpr bool kHasDiv = DIV != kNoDivergence;
+  const void* zrow = row_ptr(a.s, a.s_dtype, a.lds, i);
+  const void* trow = kHasDiv ? row_ptr(a.t, a.t_dtype, a.ldt, i) : nullptr;
+  float* const eq = S.row[0].data();
+  float* const ep = S.row[1].data();
+  float* const e0 = S.row[2].data();
+  float* blk[Scratch::kStats];  // per-block statistics, indexed by Blk
+  for (int k = 0; k < Scratch::kStats; ++k) blk[k] = S.blk[k].data();
+  const float inv_t = P.inv_t;
+  const bool own_q0 = P.ce == kCeOwn;
+  const bool cen = P.ce != kCeOff && P.eps != 0.0f;
+
+  // ---- pass A: block max + exp (+ sums), reading z and t from memory once ----------
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t off = b * kBlock, n = std::min(kBlock, v - off);
+    // A later block streams in from memory while this one computes.
+    with_block(zrow, a.s_dtype, off, n, S.zbuf, [&](const auto* z) {
+      const float mz = max_block(z, n), sz = block_shift(mz);
+      blk[kQMax][b] = mz;
+      blk[kQSum][b] = exp_store(z, n, sz, inv_t, eq + off, prefetch_ahead(zrow, a.s_dtype, off, v));
+      if (own_q0) {
+        float* e = GRAD && P.use_hard ? e0 + off : S.tmp[0];
+        blk[k0Sum][b] = exp_store(z, n, sz, 1.0f, e);
+      }
+      if (cen) blk[kZCen][b] = centered_sum(z, n, sz);
+    });
+    if (kHasDiv) {
+      with_block(trow, a.t_dtype, off, n, S.tbuf, [&](const auto* t) {
+        const float mt = P.t_raw ? 0.0f : max_block(t, n);
+        blk[kPMax][b] = mt;
+        blk[kPSum][b] = exp_store(t, n, P.t_raw ? 0.0f : block_shift(mt), P.t_raw ? 1.0f : inv_t, ep + off,
+                                  prefetch_ahead(trow, a.t_dtype, off, v));
+      });
+    }
+  }
+  const RowSoftmax sq = combine_blocks(blk[kQMax], blk[kQSum], nb, inv_t, blk[kQScale]);
+  RowSoftmax sp;
+  if (kHasDiv) {
+    if (P.t_raw) {  // log p = t: no shift, scale 1; S = sum e^t is only needed as sum p
+      double s = 0.0;
+      for (int64_t b = 0; b < nb; ++b) {
+        s += blk[kPSum][b];
+        blk[kPScale][b] = 1.0f;
+      }
+      sp.s = s;
+    } else {
+      sp = combine_blocks(blk[kPMax], blk[kPSum], nb, inv_t, blk[kPScale]);
+    }
+  }
+  // sum p: exactly 1 for a softmax (so q * sum_p == q), sum e^t for raw log-probs.
+  const float sum_p = P.t_raw ? float(sp.s) : 1.0f;
+
+  // ---- CE scalars (untempered; all relative to the row max for large logits) -------
+  float ce = 0.0f;
+  CeGrad ceg;
+  if (P.ce != kCeOff) {
+    const int32_t y = a.labels[i];
+    const float zy = load_as_f32(zrow, a.s_dtype, y);  // before an in-place overwrite
+    float log_s0 = sq.log_s;
+    if (own_q0) log_s0 = combine_blocks(blk[kQMax], blk[k0Sum], nb, 1.0f, blk[k0Scale]).log_s;
+    double mean_rel = 0.0;
+    if (cen) {
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t n = std::min(kBlock, v - b * kBlock);
+        mean_rel += double(blk[kZCen][b]) + double(n) * (double(block_shift(blk[kQMax][b])) - double(sq.m));
+      }
+      mean_rel /= double(v);
+    }
+    ce = ce_loss(log_s0, zy - sq.m, float(mean_rel), P.eps);
+    ceg.e = own_q0 ? e0 : eq;
+    ceg.c = own_q0 ? blk[k0Scale] : blk[kQScale];
+    ceg.y = y;
+  }
+
+  // ---- row gradient factors ----------------------------------------------------------
+  const float w = a.weights ? a.weights[i] : 1.0f;
+  const double rowf = P.grad_coef * double(w);
+  const float a1 = float(rowf * double(P.sw) * double(inv_t));  // divergence
+  if (P.use_hard) {
+    ceg.a2 = float(rowf * double(P.hw));
+    ceg.a3 = float(-rowf * double(P.hw) * double(P.eps) / double(v));
+    ceg.ay = float(rowf * double(P.hw) * (1.0 - double(P.eps)));
+  }
+  const bool ce_grad = GRAD && P.use_hard;
+  const bool div_grad_on = GRAD && P.use_soft;
+  // Where a gradient block goes. f32: straight into the row. bf16 without a CE term (and
+  // without the AVX512-BF16 conversion): rounded in the element loop, straight into the
+  // row. Otherwise: staged as f32 in L1 (the CE term added there), then converted. Large gradients go through L1 and out with
+  // streaming stores (P.stream); so does pass B of forward KL in place (it reads z while
+  // it writes).
+  const bool g_f32 = GRAD && a.g_dtype == kF32;
+  const bool g_b16 = GRAD && a.g_dtype == kBF16 && div_grad_on && !ce_grad && !has_bf16_hw();
+  auto g32 = [&](bool reads_z, int64_t off) {  // the f32 destination of a block
+    return g_f32 && !P.stream && !(reads_z && a.grad == a.s) ? static_cast<float*>(grow) + off : S.gbuf;
+  };
+  auto g16 = [&](bool reads_z, int64_t off) {  // the bf16 destination (g_b16)
+    return !P.stream && !(reads_z && a.grad == a.s) ? static_cast<uint16_t*>(grow) + off : S.hbuf;
+  };
+  auto flush32 = [&](const float* g, int64_t off, int64_t n) {  // g: from g32()
+    if (g != S.gbuf) return;
+    if (!P.stream) return store_block(g, n, a.g_dtype, grow, off);
+    if (g_f32) return stream_bytes(g, n * 4, static_cast<float*>(grow) + off);
+    store_block(g, n, a.g_dtype, S.hbuf, 0);
+    stream_bytes(S.hbuf, n * 2, static_cast<uint16_t*>(grow) + off);
+  };
+  auto flush16 = [&](const uint16_t* h, int64_t off, int64_t n) {  // h: from g16()
+    if (h != S.hbuf) return;
+    if (P.stream) stream_bytes(h, n * 2, static_cast<uint16_t*>(grow) + off);
+    else std::memcpy(static_cast<uint16_t*>(grow) + off, h, size_t(n) * 2);
+  };
+
+  const RowConst rc{sq.m, sq.log_s, sp.m, sp.log_s, inv_t, P.beta, P.skew};
+  double L = 0.0;
+  NextRowPrefetch pf_next(a.s, a.s_dtype, a.lds, kHasDiv ? a.t : nullptr, a.t_dtype, a.ldt, next, v, nb);
+
+  if constexpr (DIV == kForwardKl) {
+    // ---- pass B: loss and gradient in one sweep --------------------------------------
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t off = b * kBlock, n = std::min(kBlock, v - off);
+      pf_next.step();
+      const float cq = blk[kQScale][b], cp = blk[kPScale][b];
+      float* gb = g32(true, off);
+      uint16_t* hb = g_b16 ? g16(true, off) : nullptr;
+      with_blocks(zrow, a.s_dtype, trow, a.t_dtype, off, n, S, [&](const auto* z, const auto* t) {
+        with_unit(inv_t, [&](auto unit) {
+          if (g_b16) fkl_block<true, unit()>(z, t, eq + off, ep + off, n, cq, cp, rc, a1, sum_p, S.tmp[0], hb);
+          else if (div_grad_on) fkl_block<true, unit()>(z, t, eq + off, ep + off, n, cq, cp, rc, a1, sum_p, S.tmp[0], gb);
+          else fkl_block<false, unit()>(z, t, eq + off, ep + off, n, cq, cp, rc, a1, sum_p, S.tmp[0], gb);
+        });
+      });
+      L += double(sum_block(S.tmp[0], n));
+      if (g_b16) {
+        flush16(hb, off, n);
+      } else if (GRAD) {
+        if (!div_grad_on) std::fill(gb, gb + n, 0.0f);
+        if (ce_grad) ceg.add(gb, b, off, n);
+        flush32(gb, off, n);
+      }
+    }
+  } else if constexpr (kHasDiv) {
+    // ---- pass B: D and G = sum q g; g_j stored over e_p -------------------------------
+    double G = 0.0;
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t off = b * kBlock, n = std::min(kBlock, v - off);
+      pf_next.step();
+      with_blocks(zrow, a.s_dtype, trow, a.t_dtype, off, n, S, [&](const auto* z, const auto* t) {
+        with_unit(inv_t, [&](auto unit) {
+          const float cq = blk[kQScale][b], cp = blk[kPScale][b];
+          if (div_grad_on)
+            gdiv_block<DIV, true, unit()>(z, t, eq + off, ep + off, n, cq, cp, rc, S.tmp[0], S.tmp[1]);
+          else
+            gdiv_block<DIV, false, unit()>(z, t, eq + off, ep + off, n, cq, cp, rc, S.tmp[0], S.tmp[1]);
+        });
+      });
+      L += double(sum_block(S.tmp[0], n));
+      if (div_grad_on) G += double(sum_block(S.tmp[1], n));
+    }
+    // ---- pass C: the gradient from q and the stored g --------------------------------
+    if (GRAD) {
+      const float Lf = float(L), Gf = float(G);
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t off = b * kBlock, n = std::min(kBlock, v - off);
+        if (g_b16) {
+          uint16_t* hb = g16(false, off);
+          gdiv_grad_block<DIV>(eq + off, ep + off, n, blk[kQScale][b], a1, Lf, Gf, P.beta, hb);
+          flush16(hb, off, n);
+          continue;
+        }
+        float* gb = g32(false, off);
+        if (div_grad_on) gdiv_grad_block<DIV>(eq + off, ep + off, n, blk[kQScale][b], a1, Lf, Gf, P.beta, gb);
+        else std::fill(gb, gb + n, 0.0f);
+        if (ce_grad) ceg.add(gb, b, off, n);
+        flush32(gb, off, n);
+      }
+    }
+  } else if (GRAD) {
+    // ---- no divergence: the CE gradient only -----------------------------------------
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t off = b * kBlock, n = std::min(kBlock, v - off);
+      pf_next.step();
+      float* gb = g32(false, off);
+      std::fill(gb, gb + n, 0.0f);
+      if (ce_grad) ceg.add(gb, b, off, n);
+      flush32(gb, off, n);
+    }
+  }
+
+  if (GRAD && P.stream) stream_fence();
+
+  // ---- per-row outputs -------------------------------------------------------------
+  const float D = kHasDiv ? float(L) : 0.0f;
+  const float soft = kHasDiv ? a.soft_scale * D : 0.0f;  // per-token output: s * D, unweighted
+  const float total = w * ((P.use_hard ? P.hw * ce : 0.0f) + (P.use_soft ? P.sw * D : 0.0f));
+  if (a.hard) a.hard[i] = ce;
+  if (a.soft) a.soft[i] = soft;
+  if (a.total) a.total[i] = total;
+  P.rowtot[i] = total;
+}
+
+using RowFn = void (*)(const Plan&, int64_t, int64_t, Scratch&);
+
+template <bool GRAD>
+RowFn pick(int32_t div) {
+  switch (div) {
+    case kForwardKl: return row_kernel<kForwardKl, GRAD>;
+    case kReverseKl: return row_kernel<kReverseKl, GRAD>;
+    case kJsd: return row_kernel<kJsd, GRAD>;
+    case kTvd: return row_kernel<kTvd, GRAD>;
+    case kSkewForwardKl: return row_kernel<kSkewForwardKl, GRAD>;
+    case kSkewReverseKl: return row_kernel<kSkewReverseKl, GRAD>;
+    default: return row_kernel<kNoDivergence, GRAD>;
+  }
+}
+
+// Byte range [lo, hi) of an [n, ld] matrix's used elements.
+struct Span { uintptr_t lo, hi; };
+Span span(const void* p, int32_t dt, int64_t n, int64_t ld, int64_t v) {
+  uintptr_t lo = reinterpret_cast<uintptr_t>(p);
+  return {lo, lo + uintptr_t(((n - 1) * ld + v) * dtype_size(dt))};
+}
+bool overlap(Span x, Span y) { return x.lo < y.hi && y.lo < x.hi; }
+
+}  // namespace
+
+Status divergence(const DivergenceArgs& a) {
+  // ---- checks the memory safety of the loops needs (the TS layer validates the rest) --
+  if (a.n < 0 || (a.n > 0 && a.v < 1)) return make_status(kShape, "divergence: need n >= 0 and v >= 1");
+  if (a.div < kForwardKl || a.div > kNoDivergence) return make_status(kInvalid, "divergence: unknown divergence");
+  if (a.reduction < kNone || a.reduction > kBatchMean) return make_status(kInvalid, "divergence: unknown reduction");
+  if (!(a.temperature > 0.0f && a.temperature < kInf)) return make_status(kInvalid, "divergence: temperature must be finite and > 0");
+  const bool has_div = a.div != kNoDivergence;
+  if (a.hard_weight != 0.0f && !a.labels) return make_status(kInvalid, "divergence: a cross-entropy term needs labels");
+  if (a.n == 0) {
+    if (a.loss && a.reduction != kNone) *a.loss = 0.0f;
+    return ok_status();
+  }
+  if (!dtype_is_float(a.s_dtype) || (has_div && !dtype_is_float(a.t_dtype)) || (a.grad && !dtype_is_float(a.g_dtype)))
+    return make_status(kDtype, "divergence: logits and gradient must be f32, f16 or bf16");
+  if (!a.s || (has_div && !a.t)) return make_status(kInvalid, "divergence: missing student or teacher logits");
+  if (a.lds < a.v || (has_div && a.ldt < a.v) || (a.grad && a.ldg < a.v))
+    return make_status(kShape, "divergence: row strides must be >= v");
+  if (a.grad) {
+    const Span g = span(a.grad, a.g_dtype, a.n, a.ldg, a.v);
+    const bool same = a.grad == a.s && a.g_dtype == a.s_dtype && a.ldg == a.lds;
+    if (!same && overlap(g, span(a.s, a.s_dtype, a.n, a.lds, a.v)))
+      return make_status(kInvalid, "divergence: grad partially overlaps the student logits");
+    if (has_div && overlap(g, span(a.t, a.t_dtype, a.n, a.ldt, a.v)))
+      return make_status(kInvalid, "divergence: grad overlaps the teacher logits");
+  }
+  int64_t count = 0;
+  for (int64_t i = 0; i < a.n; ++i) {
+    if (a.labels && a.labels[i] != a.ignore_index && (a.labels[i] < 0 || a.labels[i] >= a.v))
+      return make_status(kRange, "divergence: label out of range [0, V)");
+    count += row_selected(a.labels, a.ignore_index, a.mask, i) ? 1 : 0;
+  }
+  const double divisor = loss_divisor(a.reduction, count, a.v, a.normalizer);
+
+  Plan P;
+  P.a = &a;
+  const int32_t div = effective_div(a.div, a.beta, a.skew);  // endpoints run as plain KLs
+  P.inv_t = has_div ? 1.0f / a.temperature : 1.0f;
+  P.t_raw = has_div && a.teacher_logprobs && a.temperature == 1.0f;
+  if (a.labels && (a.hard_weight != 0.0f || a.hard))
+    P.ce = (!has_div || a.temperature == 1.0f) ? kCeReuse : kCeOwn;
+  P.eps = a.label_smoothing;
+  P.beta = a.beta;
+  P.skew = a.skew;
+  P.sw = has_div ? a.soft_weight : 0.0f;
+  P.hw = a.hard_weight;
+  P.use_soft = has_div && a.soft_weight != 0.0f;
+  P.use_hard = P.ce != kCeOff && a.hard_weight != 0.0f;
+  P.grad_coef = divisor > 0.0 ? double(a.grad_scale) / divisor : 0.0;
+  P.stream = a.grad && a.n * a.v * dtype_size(a.g_dtype) >= tuning::kCpuStreamBytes;
+
+  std::vector<float> rowtot;
+  try {
+    rowtot.resize(size_t(a.n));
+  } catch (const std::bad_alloc&) {
+    return make_status(kNoMem, "divergence: out of memory");
+  }
+  P.rowtot = rowtot.data();
+
+  const RowFn fn = a.grad ? pick<true>(div) : pick<false>(div);
+  const int rows = (P.ce == kCeOwn && a.grad) ? 3 : 2;
+  std::atomic<bool> nomem{false};
+  auto run_rows = [&](int64_t b, int64_t e) {
+    Scratch* S = thread_scratch(a.v, rows);
+    if (!S) {
+      nomem.store(true);
+      return;
+    }
+    for (int64_t i = b; i < e; ++i) fn(P, i, i + 1 < e ? i + 1 : -1, *S);
+  };
+  if (a.n * a.v < tuning::kCpuSerialElems) run_rows(0, a.n);
+  else parallel_for(a.n, row_grain(a.n), run_rows);
+  if (nomem.load()) return make_status(kNoMem, "divergence: out of memory for scratch rows");
+
+  if (a.loss) {
+    if (a.reduction == kNone) {
+      for (int64_t i = 0; i < a.n; ++i) a.loss[i] = rowtot[size_t(i)];
+    } else {
+      double s = 0.0;
+      for (int64_t i = 0; i < a.n; ++i) s += double(rowtot[size_t(i)]);
+      *a.loss = divisor > 0.0 ? float(s / divisor) : 0.0f;
+    }
+  }
+  return ok_status();
+}
+
+}  // namespace kd::cpu::KD_ISA

@@ -1,0 +1,638 @@
+// CPU row helpers for the row-wise kernels (divergence.cc, token_stats.cc): a
+// vectorisable exp and log, fixed-lane reductions, f16/bf16 staging, the per-thread
+// scratch rows and the first ("softmax statistics") pass over a row.
+//
+// Element-wise math is plain scalar C++ (branchless exp/log below) in simple loops that
+// GCC -O3 vectorises for whatever ISA the including file is compiled for (generic SSE2,
+// AVX2, AVX-512); sums and maxima use fixed lane arrays held in native-width GCC vectors.
+// No -ffast-math: we need -inf and NaN semantics, and fixed summation orders for bitwise
+// determinism. The reduction order of every sum depends only on tuning::kCpuLanes,
+// kCpuRowChains, kCpuRowBlock and the row length, never on the thread count.
+//
+// This header is included by files compiled once per ISA level (see CMakeLists.txt), so
+// everything lives in kd::cpu::KD_ISA::row: the three copies must not be merged by the
+// linker (an AVX-512 copy of an inline function picked for the generic build would be
+// an illegal instruction on an older CPU).
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <new>
+#include <type_traits>
+#include <vector>
+
+#if defined(KD_ISA_avx2) || defined(KD_ISA_avx512)
+#include <immintrin.h>
+#endif
+
+#include "common/dtype.h"
+#include "common/tuning.h"
+#include "cpu/thread_pool.h"
+
+#if !defined(KD_ISA)
+#error "native/cpu/row.h is compiled per ISA level: define KD_ISA (see CMakeLists.txt)"
+#endif
+
+#define KD_ROW_INLINE inline __attribute__((always_inline))
+
+namespace kd::cpu::KD_ISA::row {
+
+constexpr int64_t kBlock = tuning::kCpuRowBlock;
+static_assert(kBlock % tuning::kCpuLanes == 0, "a row block must hold whole lane groups");
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+KD_ROW_INLINE uint32_t fbits(float f) { return __builtin_bit_cast(uint32_t, f); }
+KD_ROW_INLINE float bitsf(uint32_t u) { return __builtin_bit_cast(float, u); }
+
+// ---------------------------------------------------------------------------------
+// exp and log: branchless, vectorisable, < 1.2 ulp (measured over all f32 inputs of
+// [-86, 88.72] for exp and every 97th positive f32 for log, at every ISA level)
+// ---------------------------------------------------------------------------------
+
+// e^x. Range reduction x = n ln2 + r, |r| <= ln2/2 (ln2 split with a 9-bit head,
+// so n*C1 is exact with or without FMA); e^r by a degree-6 polynomial (1 + r + ..., fitted
+// for relative error 4e-9 on the interval); 2^n added straight into the exponent field.
+// The rounding constant 1.5 * 2^23 - 1 leaves n - 1 in the low bits of t, so the exponent
+// add makes y 2^(n-1) (always normal for x >= -86) and the final *2 rounds and overflows
+// exactly like e^x itself. Results below e^-86 (4.5e-38, the subnormal range) flush to
+// exactly 0, as do -inf and every x < -86; x > 88.7228 (incl. +inf) gives +inf; NaN
+// propagates (each special case is a select that a NaN fails). 17 vector ops, no branch.
+KD_ROW_INLINE float exp_f(float x) {
+  const float t = x * 1.44269504088896341f + 12582911.0f;  // round(x / ln2) + 1.5*2^23 - 1
+  const float n = t - 12582911.0f;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float y = 1.3811657e-3f;
+  y = y * r + 8.3701354e-3f;
+  y = y * r + 4.1668527e-2f;
+  y = y * r + 1.6666509e-1f;
+  y = y * r + 4.9999994e-1f;
+  y = y * r + 1.0f;
+  y = y * r + 1.0f;
+  y = bitsf(fbits(y) + (fbits(t) << 23)) * 2.0f;  // low bits of t: n - 1 (mod 2^9)
+  y = x < -86.0f ? 0.0f : y;
+  return x > 88.72283935546875f ? kInf : y;
+}
+
+// ln x (Cephes logf). x = 2^k m with m in [sqrt(1/2), sqrt(2)) (musl's integer reduction), f = m - 1,
+// Cephes' degree-9 polynomial for ln(1 + f). Subnormal inputs are pre-scaled by 2^23.
+// ln 0 = -inf, ln(x < 0) = NaN, ln(+inf) = +inf, ln NaN = NaN.
+KD_ROW_INLINE float log_f(float x) {
+  bool sub = x < 1.17549435e-38f;  // subnormal (also 0 and negatives: fixed below)
+  float xs = sub ? x * 8388608.0f : x;
+  uint32_t ix = fbits(xs) + (0x3f800000u - 0x3f3504f3u);
+  int32_t k = int32_t(ix >> 23) - 0x7f - (sub ? 23 : 0);
+  float f = bitsf((ix & 0x007fffffu) + 0x3f3504f3u) - 1.0f;
+  float z = f * f;
+  float y = 7.0376836292e-2f;
+  y = y * f - 1.1514610310e-1f;
+  y = y * f + 1.1676998740e-1f;
+  y = y * f - 1.2420140846e-1f;
+  y = y * f + 1.4249322787e-1f;
+  y = y * f - 1.6668057665e-1f;
+  y = y * f + 2.0000714765e-1f;
+  y = y * f - 2.4999993993e-1f;
+  y = y * f + 3.3333331174e-1f;
+  y = y * f * z;
+  float kf = float(k);
+  y = y + kf * -2.12194440e-4f;
+  y = y - 0.5f * z;
+  float res = f + y;
+  res = res + kf * 0.693359375f;
+  float special = x == 0.0f ? -kInf : (x < 0.0f ? kNaN : x);  // +inf -> inf, NaN -> NaN
+  return (x > 0.0f && x < kInf) ? res : special;
+}
+
+// ln x for x a positive normal float (>= 2^-126, finite), cheaper than log_f: no subnormal
+// or special-value handling (x = 0 or x < 0 give finite garbage; callers clamp), and
+// ln(1 + f) as f + f^2 R(f) with R a degree-7 polynomial fitted for relative error 3e-8
+// on [sqrt(1/2) - 1, sqrt(2) - 1]; k ln2 added by one FMA (|k ln2 - k ln2_f| < 3e-7,
+// under half an ulp of the result whenever k != 0). A NaN (or inf) still gives NaN,
+// through the + (x - x).
+KD_ROW_INLINE float log_normal_f(float x) {
+  const uint32_t ix = fbits(x) + (0x3f800000u - 0x3f3504f3u);
+  const float kf = float(int32_t(ix >> 23) - 0x7f);
+  const float f = bitsf((ix & 0x007fffffu) + 0x3f3504f3u) - 1.0f;
+  float y = 8.7346993e-2f;
+  y = y * f - 1.4307462e-1f;
+  y = y * f + 1.4917997e-1f;
+  y = y * f - 1.6570517e-1f;
+  y = y * f + 1.9962071e-1f;
+  y = y * f - 2.5001755e-1f;
+  y = y * f + 3.3333950e-1f;
+  y = y * f - 4.9999991e-1f;
+  y = y * (f * f) + f;
+  return (kf * 0.693147182464599609375f + y) + (x - x);
+}
+
+// ---------------------------------------------------------------------------------
+// Fixed-lane reductions
+// ---------------------------------------------------------------------------------
+//
+// Row sums and maxima use kSumLanes = kCpuLanes * kCpuRowChains f32 accumulators: lane l
+// takes the elements j with j % kSumLanes == l, then the lanes meet in a fixed pairwise
+// tree. The accumulators are native-width GCC vectors, so the order is the same at every
+// ISA level and the loops vectorise for certain; the element-wise work (exp, the
+// divergence terms) is in plain loops over L1-resident blocks that GCC vectorises itself,
+// writing per-element values that these reductions then sum.
+#if defined(KD_ISA_avx512)
+constexpr int kVecWidth = 16;
+#elif defined(KD_ISA_avx2)
+constexpr int kVecWidth = 8;
+#else
+constexpr int kVecWidth = 4;
+#endif
+constexpr int kSumLanes = tuning::kCpuLanes * tuning::kCpuRowChains;
+static_assert(kSumLanes % kVecWidth == 0 && (kSumLanes & (kSumLanes - 1)) == 0, "lanes: a power of two");
+constexpr int kVecs = kSumLanes / kVecWidth;
+typedef float vnat __attribute__((vector_size(kVecWidth * sizeof(float))));
+
+KD_ROW_INLINE vnat vload(const float* p) {
+  vnat v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+// bf16 rows are read in place (the widening is a shift); f16 rows are staged as f32.
+typedef uint16_t vhalf __attribute__((vector_size(kVecWidth * sizeof(uint16_t))));
+typedef uint32_t vuint __attribute__((vector_size(kVecWidth * sizeof(uint32_t))));
+KD_ROW_INLINE vnat vload(const uint16_t* p) {
+  vhalf h;
+  std::memcpy(&h, p, sizeof h);
+  return reinterpret_cast<vnat>(__builtin_convertvector(h, vuint) << 16);
+}
+KD_ROW_INLINE float ldf(const float* p, int64_t j) { return p[j]; }
+KD_ROW_INLINE float ldf(const uint16_t* p, int64_t j) { return bitsf(uint32_t(p[j]) << 16); }
+
+// f32 -> bf16, round to nearest even, NaN kept quiet: dtype.h's f32_to_bf16 as a select.
+KD_ROW_INLINE uint16_t bf16_rne(float f) {
+  const uint32_t u = fbits(f);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return uint16_t((u & 0x7fffffffu) > 0x7f800000u ? ((u >> 16) | 0x40u) : rounded);
+}
+KD_ROW_INLINE void stf(float* p, int64_t j, float x) { p[j] = x; }
+KD_ROW_INLINE void stf(uint16_t* p, int64_t j, float x) { p[j] = bf16_rne(x); }
+
+// log softmax(x/T)_j = (x_j - m)/T - log S, with m the raw row max (x_j - m first: exact
+// for large logits). UNIT (T = 1) skips the multiply, bit-identically: the FMA of
+// (x - m) * 1 - log S rounds once, like the subtraction.
+template <bool UNIT>
+KD_ROW_INLINE float log_softmax_at(float x, float m, float inv_t, float log_s) {
+  if constexpr (UNIT) return (x - m) - log_s;
+  else return (x - m) * inv_t - log_s;
+}
+// Calls f(std::true_type) when inv_t == 1, f(std::false_type) otherwise.
+template <class F>
+KD_ROW_INLINE void with_unit(float inv_t, F&& f) {
+  if (inv_t == 1.0f) f(std::true_type{});
+  else f(std::false_type{});
+}
+
+// Fixed pairwise tree over the lanes.
+KD_ROW_INLINE float lane_tree_sum(float* b) {
+#pragma GCC unroll 8
+  for (int w = kSumLanes / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) b[l] += b[l + w];
+  return b[0];
+}
+
+// sum_j x_j over n values (any n >= 0).
+KD_ROW_INLINE float sum_block(const float* x, int64_t n) {
+  vnat acc[kVecs] = {};
+  int64_t j = 0;
+  for (; j + kSumLanes <= n; j += kSumLanes)
+    for (int k = 0; k < kVecs; ++k) acc[k] += vload(x + j + k * kVecWidth);
+  float b[kSumLanes];
+  std::memcpy(b, acc, sizeof b);
+  for (int64_t l = 0; j + l < n; ++l) b[l] += x[j + l];
+  return lane_tree_sum(b);
+}
+
+// max_j x_j over n values; -inf for n = 0 or all -inf. A NaN is skipped here (it still
+// makes the row NaN through exp(NaN) in the sum). X: float, or uint16_t for bf16.
+template <class X>
+KD_ROW_INLINE float max_block(const X* x, int64_t n) {
+  vnat mx[kVecs];
+  for (int k = 0; k < kVecs; ++k) mx[k] = vnat{} - kInf;
+  int64_t j = 0;
+  for (; j + kSumLanes <= n; j += kSumLanes)
+    for (int k = 0; k < kVecs; ++k) {
+      vnat v = vload(x + j + k * kVecWidth);
+      mx[k] = v > mx[k] ? v : mx[k];
+    }
+  for (int64_t l = 0; j + l < n; ++l) {  // the tail: lane l of group 0 (max is exact: any order)
+    const float xl = ldf(x, j + l);
+    mx[l / kVecWidth][l % kVecWidth] = xl > mx[l / kVecWidth][l % kVecWidth] ? xl : mx[l / kVecWidth][l % kVecWidth];
+  }
+  for (int k = 1; k < kVecs; ++k) mx[0] = mx[k] > mx[0] ? mx[k] : mx[0];
+  float b[kVecWidth];
+  std::memcpy(b, &mx[0], sizeof b);
+  float m = b[0];
+  for (int l = 1; l < kVecWidth; ++l) m = b[l] > m ? b[l] : m;
+  return m;
+}
+
+// sum_j (x_j - shift): the row mean relative to the max (label smoothing's mean(z)).
+template <class X>
+KD_ROW_INLINE float centered_sum(const X* x, int64_t n, float shift) {
+  vnat acc[kVecs] = {};
+  int64_t j = 0;
+  for (; j + kSumLanes <= n; j += kSumLanes)
+    for (int k = 0; k < kVecs; ++k) acc[k] += vload(x + j + k * kVecWidth) - shift;
+  float b[kSumLanes];
+  std::memcpy(b, acc, sizeof b);
+  for (int64_t l = 0; j + l < n; ++l) b[l] += ldf(x, j + l) - shift;
+  return lane_tree_sum(b);
+}
+
+// ---------------------------------------------------------------------------------
+// Loading and storing rows of any float dtype
+// ---------------------------------------------------------------------------------
+
+// Elements [off, off + n) of a row as f32: f32 rows are used in place, f16/bf16 rows are
+// converted into `buf` (n <= kBlock; one L1-resident block). Conversion is exact.
+KD_ROW_INLINE const float* load_block(const void* rowp, int32_t dt, int64_t off, int64_t n,
+                                      float* __restrict buf) {
+  if (dt == kF32) return static_cast<const float*>(rowp) + off;
+  const uint16_t* __restrict h = static_cast<const uint16_t*>(rowp) + off;
+  if (dt == kBF16) {
+    for (int64_t j = 0; j < n; ++j) buf[j] = bitsf(uint32_t(h[j]) << 16);
+    return buf;
+  }
+  int64_t j = 0;
+#if defined(KD_ISA_avx512)
+  for (; j + 16 <= n; j += 16)
+    _mm512_storeu_ps(buf + j, _mm512_maskz_cvtph_ps(__mmask16(0xffff), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + j))));
+#elif defined(KD_ISA_avx2)
+  for (; j + 8 <= n; j += 8)
+    _mm256_storeu_ps(buf + j, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + j))));
+#endif
+  for (; j < n; ++j) buf[j] = f16_to_f32(h[j]);
+  return buf;
+}
+
+// Calls f(x) with elements [off, off + n) of a row: x is `const uint16_t*` (read in
+// place) for bf16, `const float*` otherwise (f16 staged in buf by load_block).
+template <class F>
+KD_ROW_INLINE void with_block(const void* rowp, int32_t dt, int64_t off, int64_t n, float* buf, F&& f) {
+  if (dt == kBF16) f(static_cast<const uint16_t*>(rowp) + off);
+  else f(load_block(rowp, dt, off, n, buf));
+}
+
+// The same for a block of two rows (the student's and the teacher's) at once.
+struct Scratch;
+template <class F>
+KD_ROW_INLINE void with_blocks(const void* zrow, int32_t zdt, const void* trow, int32_t tdt, int64_t off, int64_t n,
+                               Scratch& S, F&& f);
+
+// f32 -> bf16 with the AVX512-BF16 conversion (one instruction per 32 values instead of
+// ~20 integer ops), where the CPU has it: the avx512 build does not assume it, so it is
+// compiled for that target alone and chosen at run time. Same rounding as bf16_rne (round
+// to nearest even, NaN kept quiet), except that inputs below 2^-126 (subnormals) become
+// +-0 instead of the nearest bf16 subnormal.
+#if defined(KD_ISA_avx512)
+__attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl"))) inline void bf16_from_f32_hw(
+    const float* src, int64_t n, uint16_t* dst) {
+  int64_t j = 0;
+  for (; j + 32 <= n; j += 32) {
+    const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + j + 16), _mm512_loadu_ps(src + j));
+    _mm512_storeu_si512(dst + j, reinterpret_cast<__m512i>(v));
+  }
+  for (; j < n; j += 16) {
+    const __mmask16 m = __mmask16((1u << std::min<int64_t>(16, n - j)) - 1u);
+    const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + j));
+    _mm256_mask_storeu_epi16(dst + j, m, reinterpret_cast<__m256i>(v));
+  }
+}
+inline bool has_bf16_hw() {
+  static const bool yes = __builtin_cpu_supports("avx512bf16");
+  return yes;
+}
+#else
+inline bool has_bf16_hw() { return false; }
+#endif
+
+// Stores n f32 values at elements [off, off + n) of a row of dtype dt, rounding to
+// nearest even (bit-identical to dtype.h's f32_to_bf16 / f32_to_f16, except that a NaN
+// may keep a different payload through the hardware f16 conversion, and that subnormal
+// inputs become +-0 through the hardware bf16 one).
+KD_ROW_INLINE void store_block(const float* __restrict src, int64_t n, int32_t dt, void* rowp, int64_t off) {
+  if (dt == kF32) {
+    std::memcpy(static_cast<float*>(rowp) + off, src, size_t(n) * 4);
+    return;
+  }
+  uint16_t* __restrict h = static_cast<uint16_t*>(rowp) + off;
+  if (dt == kBF16) {
+#if defined(KD_ISA_avx512)
+    if (has_bf16_hw()) return bf16_from_f32_hw(src, n, h);
+#endif
+    for (int64_t j = 0; j < n; ++j) h[j] = bf16_rne(src[j]);
+    return;
+  }
+  int64_t j = 0;
+#if defined(KD_ISA_avx512)
+  for (; j + 16 <= n; j += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + j),
+                        _mm512_maskz_cvtps_ph(__mmask16(0xffff), _mm512_loadu_ps(src + j), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif defined(KD_ISA_avx2)
+  for (; j + 8 <= n; j += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(h + j),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + j), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+  for (; j < n; ++j) h[j] = f32_to_f16(src[j]);
+}
+
+// A byte range to prefetch, a few cache lines at a time (a burst of 100+ prefetches
+// fills the miss buffers and stalls the core; spread over the exp loop it does not).
+struct Prefetch {
+  const char* p = nullptr;
+  int64_t bytes = 0;
+  KD_ROW_INLINE void next(int64_t k) {  // the next k bytes
+    for (int64_t o = 0; o < k && o < bytes; o += 64) __builtin_prefetch(p + o, 0, 2);
+    p += k;
+    bytes -= k;
+  }
+};
+// Elements [off, off + n) of a row (nothing if n <= 0).
+KD_ROW_INLINE Prefetch prefetch_range(const void* rowp, int32_t dt, int64_t off, int64_t n) {
+  Prefetch r;
+  if (n > 0) {
+    r.p = static_cast<const char*>(rowp) + off * dtype_size(dt);
+    r.bytes = n * dtype_size(dt);
+  }
+  return r;
+}
+
+// Pass A of block b prefetches block b + kCpuPrefetchBlocks of the same row: that range.
+KD_ROW_INLINE Prefetch prefetch_ahead(const void* rowp, int32_t dt, int64_t off, int64_t v) {
+  const int64_t at = off + tuning::kCpuPrefetchBlocks * kBlock;
+  return prefetch_range(rowp, dt, at, std::min(kBlock, v - at));
+}
+
+// The first kCpuPrefetchBlocks blocks of the thread's next row (row < 0: none), prefetched
+// a slice per block while the later passes of the current row run from cache.
+struct NextRowPrefetch {
+  Prefetch z, t;
+  int64_t slice = 0;
+  NextRowPrefetch(const void* s, int32_t s_dt, int64_t lds, const void* t_, int32_t t_dt, int64_t ldt, int64_t row,
+                  int64_t v, int64_t blocks) {
+    if (row < 0) return;
+    const int64_t n = std::min(v, tuning::kCpuPrefetchBlocks * kBlock);
+    z = prefetch_range(static_cast<const char*>(s) + row * lds * dtype_size(s_dt), s_dt, 0, n);
+    if (t_) t = prefetch_range(static_cast<const char*>(t_) + row * ldt * dtype_size(t_dt), t_dt, 0, n);
+    slice = ((std::max(z.bytes, t.bytes) + blocks - 1) / blocks + 63) & ~int64_t(63);
+  }
+  KD_ROW_INLINE void step() {
+    if (slice == 0) return;
+    z.next(slice);
+    t.next(slice);
+  }
+};
+
+// Rows per parallel_for chunk: runs long enough that a thread's next row is known (and
+// prefetched), short enough to balance (tuning::kCpuRowRunsPerThread).
+inline int64_t row_grain(int64_t n) {
+  return std::max<int64_t>(tuning::kCpuRowGrain, n / (int64_t(num_threads()) * tuning::kCpuRowRunsPerThread));
+}
+
+// Copies `bytes` bytes to dst with non-temporal (streaming) stores where the ISA has them:
+// the gradient is not read again here, so writing around the caches saves the read-for-
+// ownership of every line (a quarter of a fused kernel's DRAM traffic). Call
+// stream_fence() before the data is handed to another thread.
+KD_ROW_INLINE void stream_bytes(const void* src, int64_t bytes, void* dst) {
+  const char* __restrict s = static_cast<const char*>(src);
+  char* __restrict d = static_cast<char*>(dst);
+#if defined(KD_ISA_avx512) || defined(KD_ISA_avx2)
+#if defined(KD_ISA_avx512)
+  constexpr int64_t kW = 64;
+#else
+  constexpr int64_t kW = 32;
+#endif
+  int64_t head = int64_t((kW - (reinterpret_cast<uintptr_t>(d) & (kW - 1))) & (kW - 1));
+  if (head > bytes) head = bytes;
+  std::memcpy(d, s, size_t(head));
+  int64_t j = head;
+  for (; j + kW <= bytes; j += kW) {
+#if defined(KD_ISA_avx512)
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(d + j), _mm512_loadu_si512(s + j));
+#else
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + j), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + j)));
+#endif
+  }
+  std::memcpy(d + j, s + j, size_t(bytes - j));
+#else
+  std::memcpy(d, s, size_t(bytes));
+#endif
+}
+KD_ROW_INLINE void stream_fence() {
+#if defined(KD_ISA_avx512) || defined(KD_ISA_avx2)
+  _mm_sfence();
+#endif
+}
+
+// Zeroes elements [0, v) of a row (+0.0 is all-zero bits in every float dtype).
+KD_ROW_INLINE void zero_row(void* rowp, int32_t dt, int64_t v) {
+  std::memset(rowp, 0, size_t(v) * size_t(dtype_size(dt)));
+}
+
+KD_ROW_INLINE const void* row_ptr(const void* base, int32_t dt, int64_t ld, int64_t i) {
+  return static_cast<const char*>(base) + i * ld * dtype_size(dt);
+}
+KD_ROW_INLINE void* row_ptr(void* base, int32_t dt, int64_t ld, int64_t i) {
+  return static_cast<char*>(base) + i * ld * dtype_size(dt);
+}
+
+// ---------------------------------------------------------------------------------
+// Per-thread scratch
+// ---------------------------------------------------------------------------------
+
+// Per-element rows (exp values of the first pass, cached so that a later pass does not
+// recompute them: ~2 exp per element instead of 4), per-block statistics, and L1-sized
+// staging buffers. Grown on demand, never shrunk; one per thread and ISA level.
+struct Scratch {
+  static constexpr int kRows = 3;    // e_q (student), e_p (teacher), e_0 (untempered student)
+  static constexpr int kStats = 12;  // per-block arrays (max, sums, scales, ...)
+  std::vector<float> row[kRows];
+  std::vector<float> blk[kStats];
+  alignas(64) float zbuf[kBlock];
+  alignas(64) float tbuf[kBlock];
+  alignas(64) float gbuf[kBlock];
+  alignas(64) uint16_t hbuf[kBlock];  // a 16-bit gradient block on its way out (streamed)
+  alignas(64) float tmp[4][kBlock];  // per-element terms, summed by sum_block
+};
+
+template <class F>
+KD_ROW_INLINE void with_blocks(const void* zrow, int32_t zdt, const void* trow, int32_t tdt, int64_t off, int64_t n,
+                               Scratch& S, F&& f) {
+  with_block(zrow, zdt, off, n, S.zbuf, [&](const auto* z) {
+    with_block(trow, tdt, off, n, S.tbuf, [&](const auto* t) { f(z, t); });
+  });
+}
+
+// The calling thread's scratch with room for `rows` rows of v elements and the per-block
+// arrays, or null when that memory cannot be allocated (the kernel returns kNoMem).
+inline Scratch* thread_scratch(int64_t v, int rows) {
+  static thread_local std::unique_ptr<Scratch> s;  // freed when the thread exits
+  try {
+    if (!s) s.reset(new Scratch());
+    const int64_t nb = (v + kBlock - 1) / kBlock;
+    for (int r = 0; r < rows; ++r)
+      if (int64_t(s->row[r].size()) < v) s->row[r].resize(size_t(v));
+    for (auto& b : s->blk)
+      if (int64_t(b.size()) < nb) b.resize(size_t(nb));
+  } catch (const std::bad_alloc&) {
+    return nullptr;
+  }
+  return s.get();
+}
+
+// ---------------------------------------------------------------------------------
+// Pass one: softmax statistics of a row, block by block
+// ---------------------------------------------------------------------------------
+//
+// For x = one row (student logits, or teacher logits) and 1/T, per block b of kRowBlock
+// elements (staged in L1 while the row streams in from memory):
+//   bmax_b = max_j x_j (raw; -inf for an all -inf block), shift_b = bmax_b or 0 if -inf
+//   e_j    = exp((x_j - shift_b) / T)   (cached in the scratch row), sum_b = sum_j e_j
+// and then, for the row (row max m = max_b bmax_b; T > 0 so the max of x/T is m/T):
+//   S   = sum_b sum_b * exp((shift_b - m) / T)   (double)
+//   q_j = e_j * c_b,   c_b = exp((shift_b - m) / T) / S
+//   log q_j = (x_j - m) / T - log S              (x_j - m first: exact for large logits)
+// Per-block shifts fuse the max and the exp into the pass that reads the row from DRAM;
+// a separate max pass would leave the exp pass with no memory traffic to overlap.
+
+// e_j = exp((x_j - shift) * inv_t) for j < n, stored to e; returns sum_j e_j, summed
+// exactly like sum_block(e, n). Works in chunks of kExpChunk with a slice of `pf`
+// prefetched before each. Generic / AVX2: exp_f in a loop GCC vectorises, then
+// sum_block. AVX-512: the same polynomial with intrinsics (vscalefps applies 2^n and
+// handles overflow, underflow and subnormal results; vrndscaleps rounds n), and the sum
+// taken in the same loop with sum_block's lanes: ~20% fewer instructions.
+constexpr int64_t kExpChunk = 128;
+static_assert(kExpChunk % kSumLanes == 0, "exp chunks hold whole lane groups");
+
+template <class X>
+KD_ROW_INLINE void exp_chunk(const X* __restrict x, int64_t n, float shift, float inv_t, float* __restrict e) {
+  if (inv_t == 1.0f) {
+    for (int64_t j = 0; j < n; ++j) e[j] = exp_f(ldf(x, j) - shift);
+  } else {
+    for (int64_t j = 0; j < n; ++j) e[j] = exp_f((ldf(x, j) - shift) * inv_t);
+  }
+}
+
+#if defined(KD_ISA_avx512)
+// (The maskz forms below with an all-ones mask: GCC 12's unmasked intrinsics trip
+// -Wmaybe-uninitialized through their _mm512_undefined_* operands.)
+constexpr __mmask16 kAll16 = 0xffff;
+// 16 values; lanes outside `m` read as -inf, so their exp is 0.
+KD_ROW_INLINE __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+KD_ROW_INLINE __m512 load16(const uint16_t* p) {
+  const __m512i w = _mm512_maskz_cvtepu16_epi32(kAll16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(kAll16, w, 16));
+}
+KD_ROW_INLINE __m512 load16(const float* p, __mmask16 m) { return _mm512_mask_loadu_ps(_mm512_set1_ps(-kInf), m, p); }
+KD_ROW_INLINE __m512 load16(const uint16_t* p, __mmask16 m) {
+  const __m512i w = _mm512_maskz_cvtepu16_epi32(kAll16, _mm256_maskz_loadu_epi16(m, p));
+  return _mm512_mask_mov_ps(_mm512_set1_ps(-kInf), m, _mm512_castsi512_ps(_mm512_maskz_slli_epi32(kAll16, w, 16)));
+}
+// exp_f's polynomial on 16 lanes. The clamps (NaN passes: max/min return the second
+// operand when either is NaN) keep r finite for +-inf; -104 still rounds to exactly 0.
+KD_ROW_INLINE __m512 exp16(__m512 x) {
+  x = _mm512_maskz_max_ps(kAll16, _mm512_set1_ps(-104.0f), x);
+  x = _mm512_maskz_min_ps(kAll16, _mm512_set1_ps(89.0f), x);
+  const __m512 n = _mm512_maskz_roundscale_ps(kAll16, _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.3811657e-3f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3701354e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1668527e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666509e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.9999994e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_scalef_ps(kAll16, y, n);
+}
+// One group of kSumLanes elements at j: e_j stored, added to the lane accumulators.
+template <bool UNIT, bool TAIL, class X>
+KD_ROW_INLINE void exp_sum_group(const X* x, int64_t j, int64_t n, __m512 shift, __m512 inv_t, float* e, __m512* acc) {
+  static_assert(kVecWidth == 16, "");
+  for (int k = 0; k < kVecs; ++k) {
+    const int64_t at = j + k * 16;
+    __mmask16 m = kAll16;
+    if (TAIL) m = at + 16 <= n ? kAll16 : at >= n ? __mmask16(0) : __mmask16((1u << (n - at)) - 1u);
+    __m512 v = _mm512_sub_ps(TAIL ? load16(x + at, m) : load16(x + at), shift);
+    if (!UNIT) v = _mm512_mul_ps(v, inv_t);
+    const __m512 ev = exp16(v);
+    if (TAIL) _mm512_mask_storeu_ps(e + at, m, ev);
+    else _mm512_storeu_ps(e + at, ev);
+    acc[k] = _mm512_add_ps(acc[k], ev);
+  }
+}
+template <bool UNIT, class X>
+KD_ROW_INLINE void exp_sum_range(const X* x, int64_t c, int64_t end, int64_t n, __m512 sh, __m512 it, float* e,
+                                 __m512* acc) {
+  int64_t j = c;
+  for (; j + kSumLanes <= end; j += kSumLanes) exp_sum_group<UNIT, false>(x, j, n, sh, it, e, acc);
+  if (j < end) exp_sum_group<UNIT, true>(x, j, n, sh, it, e, acc);
+}
+#endif
+
+template <class X>
+KD_ROW_INLINE float exp_store(const X* x, int64_t n, float shift, float inv_t, float* e, Prefetch pf = {}) {
+  const int64_t chunks = (n + kExpChunk - 1) / kExpChunk;
+  const int64_t slice = chunks > 0 ? ((pf.bytes + chunks - 1) / chunks + 63) & ~int64_t(63) : 0;
+#if defined(KD_ISA_avx512)
+  __m512 acc[kVecs];
+  for (int k = 0; k < kVecs; ++k) acc[k] = _mm512_setzero_ps();
+  const __m512 sh = _mm512_set1_ps(shift), it = _mm512_set1_ps(inv_t);
+  for (int64_t c = 0; c < n; c += kExpChunk) {
+    pf.next(slice);
+    const int64_t end = std::min(n, c + kExpChunk);
+    if (inv_t == 1.0f) exp_sum_range<true>(x, c, end, n, sh, it, e, acc);
+    else exp_sum_range<false>(x, c, end, n, sh, it, e, acc);
+  }
+  float b[kSumLanes];
+  std::memcpy(b, acc, sizeof b);
+  return lane_tree_sum(b);
+#else
+  for (int64_t c = 0; c < n; c += kExpChunk) {
+    pf.next(slice);
+    exp_chunk(x + c, std::min(kExpChunk, n - c), shift, inv_t, e + c);
+  }
+  return sum_block(e, n);
+#endif
+}
+
+KD_ROW_INLINE float block_shift(float bmax) { return bmax == -kInf ? 0.0f : bmax; }
+
+// Softmax statistics of one row (see above).
+struct RowSoftmax {
+  float m = 0.0f;      // raw row max (0 for teacher log-probs used as is)
+  float log_s = 0.0f;  // log S: log q_j = (x_j - m) * inv_t - log_s
+  double s = 1.0;      // S itself
+};
+
+// Combines the per-block maxima and sums into the row's statistics and the per-block
+// scales c_b. A block of only -inf contributes nothing; a NaN anywhere makes S NaN.
+inline RowSoftmax combine_blocks(const float* bmax, const float* bsum, int64_t nb, float inv_t, float* c) {
+  RowSoftmax r;
+  float m = -kInf;
+  for (int64_t b = 0; b < nb; ++b) m = bmax[b] > m ? bmax[b] : m;
+  r.m = m;
+  auto weight = [&](int64_t b) {  // exp((shift_b - m) / T); 0 for an empty (all -inf) block
+    return bsum[b] == 0.0f ? 0.0 : std::exp((double(block_shift(bmax[b])) - double(m)) * double(inv_t));
+  };
+  double s = 0.0;
+  for (int64_t b = 0; b < nb; ++b)
+    if (bsum[b] != 0.0f) s += double(bsum[b]) * weight(b);
+  for (int64_t b = 0; b < nb; ++b) c[b] = float(weight(b) / s);
+  r.s = s;
+  r.log_s = float(std::log(s));
+  return r;
+}
+
+}  // namespace kd::cpu::KD_ISA::row

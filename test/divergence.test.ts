@@ -1,0 +1,190 @@
+/**
+ * klDiv / jsd / tvd / skewKl on the CPU against the float64 references, per dtype and
+ * option, on odd shapes and peaked inputs (CUDA: test/cuda_divergence.test.ts).
+ */
+import { describe, expect, it } from 'vitest';
+import * as kd from '../lib/index.js';
+import { caseName, check, type DivCase } from './divergence_cases.js';
+import type { Divergence } from './reference/divergences.js';
+import type { FloatDType } from './reference/common.js';
+
+const DIVS: { divergence: Divergence; beta?: number; skew?: number }[] = [
+  { divergence: 'forward-kl' },
+  { divergence: 'reverse-kl' },
+  { divergence: 'jsd', beta: 0.5 },
+  { divergence: 'jsd', beta: 0.1 },
+  { divergence: 'jsd', beta: 0.9 },
+  { divergence: 'jsd', beta: 0 },
+  { divergence: 'jsd', beta: 1 },
+  { divergence: 'tvd' },
+  { divergence: 'skew-forward-kl', skew: 0.1 },
+  { divergence: 'skew-reverse-kl', skew: 0.1 },
+  { divergence: 'skew-forward-kl', skew: 0 },
+  { divergence: 'skew-reverse-kl', skew: 0.5 },
+];
+const DTYPES: FloatDType[] = ['f32', 'f16', 'bf16'];
+
+/** Option scenarios applied to every divergence on the main odd shape. */
+const SCENARIOS: Partial<DivCase>[] = [
+  {},
+  { temperature: 2, labels: 'some-ignored', reduction: 'sum' },
+  { temperature: 0.5, scaleT2: false, mask: true, weights: true, reduction: 'none', gradScale: -0.7 },
+  { teacherKind: 'logprobs', reduction: 'mean', normalizer: 37 },
+  { teacherKind: 'logprobs', temperature: 2, gradDtype: 'f32', grad: 'given' },
+  { negInf: true, labels: 'some-ignored', grad: 'inplace' },
+  { vt: 1300, ldS: 1280, ldT: 1310, reduction: 'batchmean', gradScale: 3 },
+];
+
+function expectPass(c: DivCase): void {
+  const errs = check(c);
+  if (errs.length) throw new Error(`${caseName(c)}\n${errs.join('\n')}`);
+}
+
+describe('divergences × dtypes × options on 41×1271 (peaked)', () => {
+  for (const d of DIVS)
+    for (const dtype of DTYPES)
+      it(`${d.divergence}${d.beta !== undefined ? ` beta=${d.beta}` : ''}${d.skew !== undefined ? ` skew=${d.skew}` : ''} ${dtype}`, () => {
+        for (const sc of SCENARIOS) expectPass({ n: 41, v: 1271, sDtype: dtype, ...d, ...sc });
+      });
+});
+
+describe('mixed student/teacher dtypes', () => {
+  for (const [s, t] of [['bf16', 'f32'], ['f32', 'bf16'], ['f16', 'bf16']] as const)
+    it(`${s} student, ${t} teacher`, () => {
+      for (const d of DIVS.slice(0, 4)) expectPass({ n: 7, v: 123, sDtype: s, tDtype: t, ...d, temperature: 1.5 });
+    });
+});
+
+describe('shapes: 7×123, 3×32000, 2×151936, V = 1, N = 0', () => {
+  const shapes = [
+    [7, 123],
+    [3, 32000],
+    [2, 151936],
+    [5, 1],
+    [1, 7],
+  ] as const;
+  for (const [n, v] of shapes)
+    it(`${n}×${v}`, () => {
+      for (const d of DIVS) for (const dtype of ['f32', 'bf16'] as const) expectPass({ n, v, sDtype: dtype, ...d });
+    });
+
+  it('N = 0 gives loss 0 and an empty gradient', () => {
+    const s = kd.tensor(new Float32Array(0), [0, 17]);
+    for (const fn of [kd.klDiv, kd.jsd, kd.tvd, kd.skewKl] as const) {
+      const r = fn(s, s, {});
+      expect(r.loss.item()).toBe(0);
+      expect(r.grad!.shape).toEqual([0, 17]);
+    }
+  });
+
+  it('[B, T, V] logits flatten to rows; reduction none returns [B, T]', () => {
+    const v = 11;
+    const data = Float32Array.from({ length: 2 * 3 * v }, (_, i) => Math.sin(i) * 3);
+    const tdata = Float32Array.from({ length: 2 * 3 * v }, (_, i) => Math.cos(i) * 2);
+    const r3 = kd.klDiv(kd.tensor(data, [2, 3, v]), kd.tensor(tdata, [2, 3, v]), { reduction: 'none' });
+    const r2 = kd.klDiv(kd.tensor(data, [6, v]), kd.tensor(tdata, [6, v]), { reduction: 'none' });
+    expect(r3.loss.shape).toEqual([2, 3]);
+    expect(r3.grad!.shape).toEqual([2, 3, v]);
+    expect(Array.from(r3.loss.toArray())).toEqual(Array.from(r2.loss.toArray()));
+    expect(Array.from(r3.grad!.toArray())).toEqual(Array.from(r2.grad!.toArray()));
+  });
+});
+
+describe('edge cases', () => {
+  it('all tokens ignored: loss 0 and grad 0, never NaN', () => {
+    for (const d of DIVS) for (const red of ['batchmean', 'mean', 'sum', 'none'] as const) expectPass({ n: 9, v: 57, sDtype: 'f32', ...d, labels: 'all-ignored', reduction: red });
+    const s = kd.tensor(Float32Array.from({ length: 4 * 5 }, (_, i) => i % 7), [4, 5]);
+    const r = kd.jsd(s, s, { labels: new Int32Array(4).fill(-100) });
+    expect(r.loss.item()).toBe(0);
+    expect(Array.from(r.grad!.toArray()).every((x) => x === 0)).toBe(true);
+  });
+
+  it('logits of magnitude 1e4', () => {
+    for (const d of DIVS) expectPass({ n: 6, v: 301, sDtype: 'f32', ...d, scale: 1e4 / 4 });
+  });
+
+  it('-inf logits (banned tokens) never produce NaN', () => {
+    for (const d of DIVS)
+      for (const dtype of DTYPES) expectPass({ n: 11, v: 97, sDtype: dtype, ...d, negInf: true, temperature: 0.7 });
+  });
+
+  it('a NaN logit makes its own token NaN and nothing else', () => {
+    const n = 4, v = 33;
+    const s = Float32Array.from({ length: n * v }, (_, i) => Math.sin(i * 1.7) * 4);
+    const t = Float32Array.from({ length: n * v }, (_, i) => Math.cos(i * 0.3) * 4);
+    s[2 * v + 5] = NaN;
+    for (const fn of [kd.klDiv, kd.jsd, kd.tvd, kd.skewKl] as const) {
+      const r = fn(kd.tensor(s, [n, v]), kd.tensor(t, [n, v]), { reduction: 'none' });
+      const loss = r.loss.toArray();
+      const grad = r.grad!.toArray();
+      expect(Number.isNaN(loss[2])).toBe(true);
+      for (const i of [0, 1, 3]) {
+        expect(Number.isFinite(loss[i])).toBe(true);
+        for (let j = 0; j < v; j++) expect(Number.isFinite(grad[i * v + j])).toBe(true);
+      }
+    }
+  });
+
+  it('V = 1: every divergence is 0 with zero gradient', () => {
+    const s = kd.tensor(new Float32Array([3, -2, 7]), [3, 1]);
+    const t = kd.tensor(new Float32Array([1, 5, -9]), [3, 1]);
+    for (const fn of [kd.klDiv, kd.jsd, kd.tvd, kd.skewKl] as const) {
+      const r = fn(s, t, {});
+      expect(r.loss.item()).toBe(0);
+      expect(Array.from(r.grad!.toArray()).every((x) => x === 0)).toBe(true);
+    }
+  });
+
+  it('grad: false skips the gradient; the loss is unchanged', () => {
+    const b = { n: 5, v: 64, sDtype: 'f32' as const, divergence: 'jsd' as const };
+    expectPass({ ...b, grad: 'none' });
+  });
+});
+
+describe('jsd endpoints are exactly the KLs (TRL)', () => {
+  it('beta = 0 is forward KL and beta = 1 reverse KL, bitwise', () => {
+    const n = 13, v = 517;
+    const s = kd.tensor(Float32Array.from({ length: n * v }, (_, i) => Math.sin(i * 0.37) * 5), [n, v]);
+    const t = kd.tensor(Float32Array.from({ length: n * v }, (_, i) => Math.cos(i * 0.11) * 5), [n, v]);
+    const j0 = kd.jsd(s, t, { beta: 0, temperature: 1.3 });
+    const f = kd.klDiv(s, t, { temperature: 1.3 });
+    const j1 = kd.jsd(s, t, { beta: 1, temperature: 1.3 });
+    const r = kd.klDiv(s, t, { direction: 'reverse', temperature: 1.3 });
+    expect(j0.loss.item()).toBe(f.loss.item());
+    expect(j1.loss.item()).toBe(r.loss.item());
+    expect(Buffer.from(j0.grad!.toArray().buffer).equals(Buffer.from(f.grad!.toArray().buffer))).toBe(true);
+    expect(Buffer.from(j1.grad!.toArray().buffer).equals(Buffer.from(r.grad!.toArray().buffer))).toBe(true);
+  });
+});
+
+describe('determinism', () => {
+  it('bitwise identical across 1, 2 and 4 threads, and across runs', () => {
+    const before = kd.backends().cpu.threads;
+    const n = 37, v = 5003;
+    const s = kd.tensor(Float32Array.from({ length: n * v }, (_, i) => Math.sin(i * 0.013) * 6), [n, v]);
+    const t = kd.tensor(Float32Array.from({ length: n * v }, (_, i) => Math.cos(i * 0.007) * 6), [n, v]);
+    const results: { loss: number; grad: Buffer }[] = [];
+    for (const threads of [1, 2, 4, 2]) {
+      kd.setThreads(threads);
+      for (const fn of [kd.klDiv, kd.jsd, kd.tvd, kd.skewKl] as const) {
+        const r = fn(s, t, { temperature: 1.7 });
+        results.push({ loss: r.loss.item(), grad: Buffer.from(r.grad!.toArray().buffer) });
+      }
+    }
+    kd.setThreads(before);
+    for (let k = 4; k < results.length; k++) {
+      expect(results[k]!.loss).toBe(results[k % 4]!.loss);
+      expect(results[k]!.grad.equals(results[k % 4]!.grad)).toBe(true);
+    }
+  });
+
+  it('async form gives the same bits as the sync form', async () => {
+    const n = 9, v = 1001;
+    const s = kd.tensor(Float32Array.from({ length: n * v }, (_, i) => Math.sin(i) * 3), [n, v]);
+    const t = kd.tensor(Float32Array.from({ length: n * v }, (_, i) => Math.cos(i) * 3), [n, v]);
+    const a = await kd.jsdAsync(s, t, { beta: 0.3 });
+    const b = kd.jsd(s, t, { beta: 0.3 });
+    expect(a.loss.item()).toBe(b.loss.item());
+    expect(Buffer.from(a.grad!.toArray().buffer).equals(Buffer.from(b.grad!.toArray().buffer))).toBe(true);
+  });
+});

@@ -1,0 +1,38 @@
+/**
+ * Every ```ts snippet in README.md runs, as a new user would write it: imports of
+ * 'kd-kernels' are pointed at this checkout's lib/, each snippet runs in its own
+ * process with tsx, and must exit 0 (snippets assert their own results).
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+const root = resolve(import.meta.dirname, '..');
+const readme = readFileSync(join(root, 'README.md'), 'utf8');
+const snippets = [...readme.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]!);
+
+describe('README snippets', () => {
+  it('has snippets', () => expect(snippets.length).toBeGreaterThan(0));
+  const dir = join(tmpdir(), `kd-readme-${process.pid}`);
+  snippets.forEach((code, i) => {
+    const title = code.split('\n')[0]!.replace(/^\/\/\s*/, '').slice(0, 60);
+    it(`snippet ${i + 1}: ${title}`, () => {
+      mkdirSync(dir, { recursive: true });
+      const file = join(dir, `snippet-${i + 1}.ts`);
+      const src = code
+        .replaceAll(/from 'kd-kernels'/g, `from '${join(root, 'lib/index.ts')}'`)
+        .replaceAll(/from 'kd-kernels\/tfjs'/g, `from '${join(root, 'lib/tfjs.ts')}'`);
+      writeFileSync(file, src);
+      try {
+        execFileSync(process.execPath, [join(root, 'node_modules/tsx/dist/cli.mjs'), file], { cwd: dir, stdio: 'pipe', timeout: 120_000, env: process.env });
+      } catch (e) {
+        const err = e as { stderr?: Buffer; stdout?: Buffer };
+        throw new Error(`README snippet ${i + 1} failed:\n${code}\n--- stderr ---\n${err.stderr?.toString()}\n--- stdout ---\n${err.stdout?.toString()}`);
+      } finally {
+        rmSync(file, { force: true });
+      }
+    });
+  });
+});

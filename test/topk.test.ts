@@ -1,0 +1,285 @@
+/**
+ * topk on the CPU (and CUDA against the CPU) vs the float64 reference
+ * (test/reference/sparse.ts: a full sort of each row), per dtype, on odd shapes,
+ * tie-heavy, peaked, -inf and tiny-tail inputs; determinism; bad arguments.
+ */
+import { describe, expect, it } from 'vitest';
+import * as kd from '../lib/index.js';
+import { binding } from '../lib/native.js';
+import { CUDA, CUDA_SKIP_REASON, errorOf } from './helpers.js';
+import { compareArrays, decodeDtype, encodeDtype, mulberry32, randomLogits, roundToDtype, type FloatDType } from './reference/common.js';
+import { refTopk } from './reference/sparse.js';
+
+// ---- tolerances (defined once) ---------------------------------------------------------
+// Ids and raw-logit values: exact. The order compares the dtype-rounded inputs themselves
+// (the reference sorts the same values), and a value is a copy of an input element.
+// Log-prob values: (x - m)/T - log S is formed in double from f32 inputs; only S (a sum
+// of f32 exponentials, relative error ~1e-6 for V = 151936: lanes + 2^-24 per term)
+// and the final f32 rounding (6e-8 relative) are inexact, so 1e-5 absolute + 1e-6
+// relative is a 10x margin; a bf16 / f16 output adds its rounding (unit roundoff 2^-8
+// and 2^-11 relative: 8 and 11 significant bits).
+const LOGPROB_TOL = { atol: 1e-5, rtol: 1e-6 };
+const OUT_ROUNDING: Record<FloatDType, number> = { f32: 0, f16: 2 ** -11, bf16: 2 ** -8 };
+// tailLogProb: the acceptance bound of the op (1e-5 relative to float64), also when the
+// tail mass is 1e-30: the tail is summed directly, so its relative error is that of an
+// f32 sum of exponentials (~1e-6), and -log1p(S_top/S_tail) adds no cancellation.
+const TAIL_TOL = { atol: 0, rtol: 1e-5 };
+
+const DTYPES: FloatDType[] = ['f32', 'f16', 'bf16'];
+
+interface Case {
+  n: number;
+  v: number;
+  k: number;
+  dtype: FloatDType;
+  data: Float64Array; // n × v logits (float64, rounded to dtype before use)
+  temperature?: number;
+  output?: 'logits' | 'logprobs';
+  valuesDtype?: 'f32' | 'input';
+  ld?: number; // row stride (>= v)
+  device?: kd.Device;
+}
+
+function makeTensor(data: Float64Array, n: number, v: number, dtype: FloatDType, ld = v, device: kd.Device = 'cpu'): kd.Tensor {
+  const padded = new Float64Array(Math.max(0, (n - 1) * ld + v));
+  for (let i = 0; i < n; i++) for (let j = 0; j < v; j++) padded[i * ld + j] = data[i * v + j]!;
+  return kd.tensor(encodeDtype(padded, dtype), [n, v], { dtype, strides: [ld, 1], device });
+}
+
+function check(c: Case): void {
+  const { n, v, k, dtype } = c;
+  const rounded = roundToDtype(c.data, dtype);
+  const t = makeTensor(c.data, n, v, dtype, c.ld ?? v, c.device ?? 'cpu');
+  const r = kd.topk(t, k, { temperature: c.temperature, output: c.output, valuesDtype: c.valuesDtype });
+  const ref = refTopk(rounded, n, v, k, { temperature: c.temperature, output: c.output });
+  const label = `topk ${n}x${v} k=${k} ${dtype} T=${c.temperature ?? 1} ${c.output ?? 'logits'} values=${c.valuesDtype ?? 'f32'}`;
+  expect(r.indices.shape).toEqual([n, k]);
+  expect(r.values.dtype).toBe(c.valuesDtype === 'input' ? dtype : 'f32');
+  const ids = compareArrays(r.indices.toArray(), ref.indices, { label: `${label} indices`, cols: k });
+  expect(ids.ok, ids.message).toBe(true);
+  const outDtype: FloatDType = c.valuesDtype === 'input' ? dtype : 'f32';
+  const vals = decodeDtype(r.values.toArray() as Float32Array | Uint16Array, outDtype);
+  const vt = c.output === 'logprobs' ? { atol: LOGPROB_TOL.atol, rtol: LOGPROB_TOL.rtol + OUT_ROUNDING[outDtype] } : { atol: 0, rtol: 0 };
+  const cv = compareArrays(vals, ref.values, { ...vt, label: `${label} values`, cols: k });
+  expect(cv.ok, cv.message).toBe(true);
+  const ct = compareArrays(r.tailLogProb.toArray(), ref.tailLogProb, { ...TAIL_TOL, label: `${label} tailLogProb` });
+  expect(ct.ok, ct.message).toBe(true);
+}
+
+/** Small integers in [0, m): every value is tied with ~V/m others. */
+function ties(n: number, v: number, m: number, seed: number): Float64Array {
+  const rng = mulberry32(seed);
+  return Float64Array.from({ length: n * v }, () => Math.floor(rng() * m));
+}
+
+/**
+ * Rows whose top-k ids (random positions, logits near 0) hold all but `tail` of the
+ * probability mass: the other V - k logits sit around log(tail · k / (V - k)).
+ */
+function tinyTail(n: number, v: number, k: number, tail: number, seed: number): Float64Array {
+  const rng = mulberry32(seed);
+  const out = new Float64Array(n * v);
+  const base = Math.log((tail * k) / (v - k));
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < v; j++) out[i * v + j] = base + (rng() - 0.5);
+    for (let c = 0; c < k; c++) out[i * v + Math.floor(rng() * v)] = rng() * 0.5;
+  }
+  return out;
+}
+
+describe('topk vs a full float64 sort', () => {
+  for (const dtype of DTYPES) {
+    it(`odd shapes, ${dtype}`, () => {
+      check({ n: 41, v: 1271, k: 17, dtype, data: randomLogits(41, 1271, { seed: 1, peaked: true }) });
+      check({ n: 41, v: 1271, k: 17, dtype, data: randomLogits(41, 1271, { seed: 2, scale: 3 }), output: 'logprobs', temperature: 2.5 });
+      check({ n: 7, v: 123, k: 7, dtype, data: randomLogits(7, 123, { seed: 3 }), output: 'logprobs', ld: 130 });
+      check({ n: 3, v: 32000, k: 64, dtype, data: randomLogits(3, 32000, { seed: 4, scale: 2 }), output: 'logprobs', valuesDtype: 'input' });
+      check({ n: 2, v: 151936, k: 64, dtype, data: randomLogits(2, 151936, { seed: 5, scale: 2, peaked: true }), output: 'logprobs' });
+    });
+
+    it(`edge k and V, ${dtype}`, () => {
+      check({ n: 4, v: 1, k: 1, dtype, data: randomLogits(4, 1, { seed: 6 }), output: 'logprobs' }); // V = 1: tail empty
+      check({ n: 3, v: 123, k: 1, dtype, data: randomLogits(3, 123, { seed: 7 }), output: 'logprobs' });
+      check({ n: 3, v: 123, k: 123, dtype, data: randomLogits(3, 123, { seed: 8 }), output: 'logprobs' }); // k = V
+      check({ n: 2, v: 1271, k: 1024, dtype, data: randomLogits(2, 1271, { seed: 9 }), output: 'logprobs' });
+      check({ n: 2, v: 32000, k: 1024, dtype, data: randomLogits(2, 32000, { seed: 10, scale: 4 }), temperature: 0.7 });
+    });
+
+    it(`tie-heavy inputs, ${dtype}`, () => {
+      check({ n: 5, v: 1271, k: 17, dtype, data: ties(5, 1271, 5, 11), output: 'logprobs' });
+      check({ n: 3, v: 20000, k: 1024, dtype, data: ties(3, 20000, 3, 12) });
+      check({ n: 3, v: 5000, k: 100, dtype, data: new Float64Array(3 * 5000).fill(1.5), output: 'logprobs' }); // all equal
+      check({ n: 2, v: 3000, k: 40, dtype, data: ties(2, 3000, 2, 13).map((x) => (x === 0 ? -0 : 0)) }); // only ±0
+      check({ n: 2, v: 6000, k: 64, dtype, data: Float64Array.from({ length: 12000 }, (_, i) => (i % 6000) * 1e-2) }); // ascending
+    });
+
+    it(`-inf entries, peaked rows, ${dtype}`, () => {
+      check({ n: 7, v: 1271, k: 31, dtype, data: randomLogits(7, 1271, { seed: 14, peaked: true, negInf: 100 }), output: 'logprobs' });
+      const fewFinite = randomLogits(3, 200, { seed: 15, negInf: 195 }); // 5 finite entries, k = 9
+      check({ n: 3, v: 200, k: 9, dtype, data: fewFinite, output: 'logprobs' });
+    });
+
+    it(`tail mass 1e-30 (and 1e-45) within 1e-5 relative, ${dtype}`, () => {
+      check({ n: 4, v: 5000, k: 8, dtype, data: tinyTail(4, 5000, 8, 1e-30, 16), output: 'logprobs' });
+      check({ n: 2, v: 32000, k: 64, dtype, data: tinyTail(2, 32000, 64, 1e-45, 17), output: 'logprobs' });
+    });
+  }
+
+  it('a tiny tail keeps its precision where log(1 - sum of top-k probs) cannot', () => {
+    const data = tinyTail(1, 5000, 8, 1e-30, 18);
+    const r = kd.topk(makeTensor(data, 1, 5000, 'f32'), 8, { output: 'logprobs' });
+    const ref = refTopk(roundToDtype(data, 'f32'), 1, 5000, 8);
+    // 1 - sum of the top-k probabilities cancels completely (it is 0, a rounding error,
+    // or negative), so its log is off by tens of nats or NaN.
+    const viaComplement = Math.log(1 - r.values.toFloat32Array().reduce((s, x) => s + Math.exp(x), 0));
+    expect(Math.abs(viaComplement - ref.tailLogProb[0]!) < 1).toBe(false);
+    expect(Math.abs(r.tailLogProb.item() / ref.tailLogProb[0]! - 1)).toBeLessThan(TAIL_TOL.rtol);
+    expect(Math.abs(ref.tailLogProb[0]! - Math.log(1e-30))).toBeLessThan(2);
+  });
+
+  it('rows without a distribution: NaN or only -inf give NaN tails and log-probs', () => {
+    const v = 50;
+    const data = randomLogits(3, v, { seed: 19 });
+    data[5] = NaN; // row 0 has a NaN: it ranks first (as torch.topk)
+    for (let j = 0; j < v; j++) data[v + j] = -Infinity; // row 1: all -inf
+    check({ n: 3, v, k: 4, dtype: 'f32', data, output: 'logprobs' });
+    const r = kd.topk(makeTensor(data, 3, v, 'f32'), 4, { output: 'logprobs' });
+    const tail = r.tailLogProb.toArray();
+    expect(Number.isNaN(tail[0]!) && Number.isNaN(tail[1]!)).toBe(true);
+    expect(Number.isFinite(tail[2]!)).toBe(true);
+    expect(r.indices.toArray()[0]).toBe(5);
+  });
+
+  it('[B, T, V] logits give [B, T, k] outputs; N = 0 works', () => {
+    const data = randomLogits(6, 300, { seed: 20 });
+    const t = kd.tensor(Float32Array.from(data), [2, 3, 300]);
+    const r = kd.topk(t, 5, { output: 'logprobs' });
+    expect(r.values.shape).toEqual([2, 3, 5]);
+    expect(r.indices.shape).toEqual([2, 3, 5]);
+    expect(r.tailLogProb.shape).toEqual([2, 3]);
+    const ref = refTopk(roundToDtype(data, 'f32'), 6, 300, 5);
+    expect(Array.from(r.indices.toArray())).toEqual(Array.from(ref.indices));
+    const e = kd.topk(kd.tensor(new Float32Array(0), [0, 10]), 3);
+    expect(e.values.shape).toEqual([0, 3]);
+  });
+});
+
+describe('every CPU ISA level (AVX-512, AVX2, generic) agrees with the reference', () => {
+  it('topk, sampleTeacher and sparseKlDiv at each level this machine supports', () => {
+    const b = binding();
+    const best = kd.backends().cpu.simd;
+    const data = randomLogits(5, 5000, { seed: 60, scale: 2 });
+    const t = makeTensor(data, 5, 5000, 'bf16');
+    try {
+      let firstIds: number[] | undefined;
+      for (const isa of ['avx512', 'avx2', 'generic']) {
+        if (!b.setIsa(isa)) continue; // not supported here
+        check({ n: 5, v: 5000, k: 33, dtype: 'bf16', data, output: 'logprobs' });
+        check({ n: 3, v: 20000, k: 1024, dtype: 'f32', data: ties(3, 20000, 3, 61) });
+        check({ n: 4, v: 5000, k: 8, dtype: 'f16', data: tinyTail(4, 5000, 8, 1e-30, 62), output: 'logprobs' });
+        // The sampled ids do not depend on the ISA level either (common/sample_teacher.h).
+        const ids = Array.from(kd.sampleTeacher(t, 64, { seed: 5, proposalPower: 0.5 }).indices.toArray());
+        if (firstIds) expect(ids, `sampleTeacher ids at ${isa}`).toEqual(firstIds);
+        firstIds = ids;
+      }
+    } finally {
+      b.setIsa(best);
+    }
+  });
+});
+
+describe('determinism and async', () => {
+  it('1 and 2 threads give bitwise identical results; topkAsync equals topk', async () => {
+    const t = makeTensor(randomLogits(16, 32000, { seed: 21, scale: 2 }), 16, 32000, 'bf16');
+    const run = () => kd.topk(t, 64, { output: 'logprobs' });
+    const before = kd.backends().cpu.threads;
+    try {
+      kd.setThreads(1);
+      const a = run();
+      kd.setThreads(2);
+      const b = run();
+      expect(Buffer.from(b.values.toArray().buffer).equals(Buffer.from(a.values.toArray().buffer))).toBe(true);
+      expect(Array.from(b.indices.toArray())).toEqual(Array.from(a.indices.toArray()));
+      expect(Buffer.from(b.tailLogProb.toArray().buffer).equals(Buffer.from(a.tailLogProb.toArray().buffer))).toBe(true);
+      const c = await kd.topkAsync(t, 64, { output: 'logprobs' });
+      expect(Buffer.from(c.values.toArray().buffer).equals(Buffer.from(a.values.toArray().buffer))).toBe(true);
+    } finally {
+      kd.setThreads(before);
+    }
+  });
+
+  it("the 'logprobs' result is directly a sparse teacher for sparseKlDiv", () => {
+    const teacher = makeTensor(randomLogits(4, 500, { seed: 22 }), 4, 500, 'f32');
+    const student = makeTensor(randomLogits(4, 500, { seed: 23 }), 4, 500, 'f32');
+    const top = kd.topk(teacher, 20, { output: 'logprobs' });
+    for (const tail of ['renormalize', 'bucket', 'conditional'] as const) {
+      const r = kd.sparseKlDiv(student, top, { tail });
+      expect(Number.isFinite(r.loss.item())).toBe(true);
+    }
+  });
+});
+
+describe('topk argument errors', () => {
+  const t = kd.tensor(new Float32Array(2 * 10), [2, 10]);
+  const cases: { name: string; fn: () => unknown; cls: string; code: string; msg: RegExp }[] = [
+    { name: 'k = 0', fn: () => kd.topk(t, 0), cls: 'RangeError', code: 'KD_EINVAL', msg: /between 1 and 1024 for k/ },
+    { name: 'k > 1024', fn: () => kd.topk(t, 1025), cls: 'RangeError', code: 'KD_EINVAL', msg: /for k/ },
+    { name: 'k > V', fn: () => kd.topk(t, 11), cls: 'RangeError', code: 'KD_ESHAPE', msg: /exceeds the vocabulary size V = 10/ },
+    { name: 'fractional k', fn: () => kd.topk(t, 2.5), cls: 'RangeError', code: 'KD_EINVAL', msg: /integer/ },
+    { name: 'k as a string', fn: () => kd.topk(t, '3' as unknown as number), cls: 'TypeError', code: 'KD_EINVAL', msg: /integer for k/ },
+    { name: 'temperature 0', fn: () => kd.topk(t, 2, { temperature: 0 }), cls: 'RangeError', code: 'KD_EINVAL', msg: /temperature/ },
+    { name: 'temperature NaN', fn: () => kd.topk(t, 2, { temperature: NaN }), cls: 'RangeError', code: 'KD_EINVAL', msg: /temperature/ },
+    { name: 'bad output', fn: () => kd.topk(t, 2, { output: 'probs' as 'logits' }), cls: 'RangeError', code: 'KD_EINVAL', msg: /'logits', 'logprobs' for output/ },
+    { name: 'bad valuesDtype', fn: () => kd.topk(t, 2, { valuesDtype: 'f64' as 'f32' }), cls: 'RangeError', code: 'KD_EINVAL', msg: /valuesDtype/ },
+    { name: 'unknown option', fn: () => kd.topk(t, 2, { tempreature: 2 } as never), cls: 'TypeError', code: 'KD_EINVAL', msg: /Unknown option 'tempreature'/ },
+    { name: 'not a tensor', fn: () => kd.topk(new Float32Array(4) as never, 2), cls: 'TypeError', code: 'KD_EINVAL', msg: /expected a Tensor for logits/ },
+    { name: 'i32 logits', fn: () => kd.topk(kd.tensor(new Int32Array(4), [2, 2]), 1), cls: 'TypeError', code: 'KD_EDTYPE', msg: /f32, f16 or bf16/ },
+    { name: '1-D logits', fn: () => kd.topk(kd.tensor(new Float32Array(4), [4]), 1), cls: 'RangeError', code: 'KD_ESHAPE', msg: /\[N, V\]/ },
+    { name: 'stream on the CPU', fn: () => kd.topk(t, 2, { stream: 1n }), cls: 'KdError', code: 'KD_EDEVICE', msg: /stream/ },
+  ];
+  for (const c of cases)
+    it(c.name, () => {
+      const e = errorOf(c.fn);
+      expect(e.name).toBe(c.cls);
+      expect(e.code).toBe(c.code);
+      expect(e.message).toMatch(c.msg);
+    });
+});
+
+describe.skipIf(!CUDA)(`topk on CUDA equals the CPU ${CUDA_SKIP_REASON}`, () => {
+  function same(data: Float64Array, n: number, v: number, k: number, dtype: FloatDType, opts: kd.TopkOptions = {}): void {
+    const cpu = kd.topk(makeTensor(data, n, v, dtype), k, opts);
+    const gpu = kd.topk(makeTensor(data, n, v, dtype, v, 'cuda:0'), k, opts);
+    const label = `cuda topk ${n}x${v} k=${k} ${dtype}`;
+    expect(Array.from(gpu.indices.toArray()), `${label} indices`).toEqual(Array.from(cpu.indices.toArray()));
+    const outDtype: FloatDType = opts.valuesDtype === 'input' ? dtype : 'f32';
+    const tol = opts.output === 'logprobs' ? { atol: LOGPROB_TOL.atol, rtol: LOGPROB_TOL.rtol + OUT_ROUNDING[outDtype] } : { atol: 0, rtol: 0 };
+    const cv = compareArrays(
+      decodeDtype(gpu.values.toArray() as Float32Array | Uint16Array, outDtype),
+      decodeDtype(cpu.values.toArray() as Float32Array | Uint16Array, outDtype),
+      { ...tol, label: `${label} values` },
+    );
+    expect(cv.ok, cv.message).toBe(true);
+    const ct = compareArrays(gpu.tailLogProb.toArray(), cpu.tailLogProb.toArray(), { ...TAIL_TOL, label: `${label} tail` });
+    expect(ct.ok, ct.message).toBe(true);
+  }
+  for (const dtype of DTYPES)
+    it(`random, tie-heavy, peaked, -inf, tiny tails, ${dtype}`, () => {
+      same(randomLogits(41, 1271, { seed: 30, peaked: true }), 41, 1271, 17, dtype, { output: 'logprobs' });
+      same(randomLogits(3, 32000, { seed: 31, scale: 2 }), 3, 32000, 64, dtype, { output: 'logprobs', valuesDtype: 'input' });
+      same(randomLogits(2, 151936, { seed: 32, scale: 2 }), 2, 151936, 64, dtype, { temperature: 2, output: 'logprobs' });
+      same(randomLogits(3, 123, { seed: 33 }), 3, 123, 123, dtype, { output: 'logprobs' });
+      same(randomLogits(3, 1, { seed: 34 }), 3, 1, 1, dtype, { output: 'logprobs' });
+      same(ties(3, 20000, 3, 35), 3, 20000, 1024, dtype, { output: 'logprobs' });
+      same(ties(2, 40000, 5, 36), 2, 40000, 300, dtype);
+      same(new Float64Array(2 * 9000).fill(0.25), 2, 9000, 33, dtype, { output: 'logprobs' });
+      same(Float64Array.from({ length: 100000 }, (_, i) => (i % 50000) / 50000), 2, 50000, 64, dtype); // flat: 2 radix levels
+      same(randomLogits(7, 1271, { seed: 37, negInf: 100, peaked: true }), 7, 1271, 31, dtype, { output: 'logprobs' });
+      same(tinyTail(4, 5000, 8, 1e-30, 38), 4, 5000, 8, dtype, { output: 'logprobs' });
+    });
+
+  it('CUDA results equal the float64 reference (f32)', () => {
+    check({ n: 5, v: 32000, k: 64, dtype: 'f32', data: randomLogits(5, 32000, { seed: 39, scale: 2 }), output: 'logprobs', device: 'cuda:0' });
+    check({ n: 3, v: 20000, k: 1024, dtype: 'bf16', data: ties(3, 20000, 4, 40), output: 'logprobs', device: 'cuda:0' });
+  });
+});
