@@ -20,7 +20,7 @@ describe('README snippets', () => {
     const title = code.split('\n')[0]!.replace(/^\/\/\s*/, '').slice(0, 60);
     it(`snippet ${i + 1}: ${title}`, () => {
       mkdirSync(dir, { recursive: true });
-      const file = join(dir, `snippet-${i + 1}.ts`);
+      const file = join(dir, `snippet-${i + 1}.mts`);
       const src = code
         .replaceAll(/from 'kd-kernels'/g, `from '${join(root, 'lib/index.ts')}'`)
         .replaceAll(/from 'kd-kernels\/tfjs'/g, `from '${join(root, 'lib/tfjs.ts')}'`);
