@@ -168,14 +168,15 @@ KD_ROW_INLINE void gdiv_block(const Z* __restrict z, const T* __restrict t, cons
 }
 
 // Pass C: a1 * dD/dz from q and the stored g. dD/dz is linear in q_j = e_j c_q (and 0
-// exactly where e_j is), so e_j goes in as q and c_q joins the row factor.
+// exactly where e_j is), so e_j goes in as q and c_q joins the row factor; so does jsd's
+// (1 - beta), div_grad then seeing beta = 0 (its 1 - 0 folds away).
 template <int DIV, class O>
 KD_ROW_INLINE void gdiv_grad_block(const float* __restrict eq, const float* __restrict gg, int64_t n, float cq,
                                    float a1, float L, float G, float beta, O* __restrict out) {
-  const float f = a1 * cq;
+  const float f = DIV == kJsd ? a1 * cq * (1.0f - beta) : a1 * cq;
   for (int64_t j = 0; j < n; ++j) {
     // reverse KL: g = lq - lp is passed as lq (with lp = 0): q (g - D)
-    stf(out, j, f * div_grad(DIV, gg[j], 0.0f, eq[j], 0.0f, gg[j], L, G, beta));
+    stf(out, j, f * div_grad(DIV, gg[j], 0.0f, eq[j], 0.0f, gg[j], L, G, DIV == kJsd ? 0.0f : beta));
   }
 }
 
@@ -282,9 +283,9 @@ void row_kernel(const Plan& P, int64_t i, int64_t next, Scratch& S) {
   const bool div_grad_on = GRAD && P.use_soft;
   // Where a gradient block goes. f32: straight into the row. bf16 without a CE term (and
   // without the AVX512-BF16 conversion): rounded in the element loop, straight into the
-  // row. Otherwise: staged as f32 in L1 (the CE term added there), then converted. Large gradients go through L1 and out with
-  // streaming stores (P.stream); so does pass B of forward KL in place (it reads z while
-  // it writes).
+  // row. Otherwise: staged as f32 in L1 (the CE term added there), then converted. Large
+  // gradients go through L1 and out with streaming stores (P.stream); so does pass B of
+  // forward KL in place (it reads z while it writes the same row).
   const bool g_f32 = GRAD && a.g_dtype == kF32;
   const bool g_b16 = GRAD && a.g_dtype == kBF16 && div_grad_on && !ce_grad && !has_bf16_hw();
   auto g32 = [&](bool reads_z, int64_t off) {  // the f32 destination of a block
