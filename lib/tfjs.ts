@@ -151,6 +151,7 @@ export function toTf(x: Tensor): tf.Tensor {
 
 function studentData(op: string, x: unknown): { data: Float32Array; shape: number[] } {
   if (!(x instanceof tf.Tensor)) throw new KdTypeError(`${op}: expected a tf.Tensor for studentLogits but received ${describe(x)}`);
+  if (x.isDisposed) throw new KdError(`${op}: studentLogits was disposed`, 'KD_EDISPOSED');
   if (x.dtype !== 'float32') throw new KdTypeError(`${op}: expected float32 studentLogits but received ${x.dtype}`, 'KD_EDTYPE');
   if (x.rank !== 2 && x.rank !== 3)
     throw new KdRangeError(`${op}: expected studentLogits of shape [N, V] or [B, T, V] but received [${x.shape.join(', ')}]`, 'KD_ESHAPE');
@@ -255,6 +256,7 @@ export function kdLoss(studentLogits: tf.Tensor, teacherLogits: tf.Tensor | Tens
       throw new KdTypeError(`${op}: teacherLogits is null, which is only allowed for plain cross-entropy ({ hardWeight, softWeight: 0, labels })`);
     teacher = student; // not read by the kernel when softWeight is 0
   } else if (teacherLogits instanceof tf.Tensor) {
+    if (teacherLogits.isDisposed) throw new KdError(`${op}: teacherLogits was disposed`, 'KD_EDISPOSED');
     if (teacherLogits.dtype !== 'float32') throw new KdTypeError(`${op}: expected float32 teacherLogits but received ${teacherLogits.dtype}`, 'KD_EDTYPE');
     const t = { data: teacherLogits.dataSync() as Float32Array, shape: teacherLogits.shape.slice() };
     teacher = () => tensor(t.data, t.shape);

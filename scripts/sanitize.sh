@@ -33,11 +33,10 @@ LOGDIR=${KD_SANITIZE_LOGS:-$ROOT/.ci/logs/sanitize}
 rm -rf "$LOGDIR"
 mkdir -p "$LOGDIR"
 
-# Test files with no native code (pure TypeScript: references, file formats, the
-# benchmark contenders) and the leak test (ASan's quarantine and shadow memory make RSS
-# meaningless) are left out; everything else runs.
-EXCLUDE=(--exclude 'test/reference.test.ts' --exclude 'test/io.test.ts' --exclude 'test/store.test.ts'
-  --exclude 'test/bench_contenders.test.ts' --exclude 'test/leaks.test.ts')
+# Test files with no native call (the float64 references, the .npy / safetensors
+# readers) and the leak test (ASan's quarantine and shadow memory make RSS meaningless)
+# are left out; everything else runs.
+EXCLUDE=(--exclude 'test/reference.test.ts' --exclude 'test/io.test.ts' --exclude 'test/leaks.test.ts')
 
 vitest_json() {
   node -e 'const r=require(process.argv[1]);const bad=r.testResults.filter(t=>t.status==="failed"&&!t.assertionResults.length).length;console.log(r.numPassedTests, r.numFailedTests+bad)' "$1"

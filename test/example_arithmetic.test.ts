@@ -25,6 +25,7 @@ function tiny(methods = ALL_METHODS): ExperimentConfig {
     batch: 8,
     teacherLr: 3e-3,
     studentLr: 3e-3,
+    weightDecay: 1,
     temperature: 2,
     hardWeight: 0.5,
     softWeight: 0.5,
@@ -63,7 +64,7 @@ describe('examples/arithmetic', () => {
     for (let i = 0; i < test.n; i++) expect(seen.has(key(test, i))).toBe(false);
   });
 
-  it("the model's custom ops (embedding, LayerNorm, causal softmax with relative bias) match tf autograd", async () => {
+  it("the model's custom ops (embeddings, LayerNorm, causal softmax with relative bias) match tf autograd", async () => {
     await tf.setBackend('cpu');
     const L = layout(3);
     const { train } = makeSplits(1, 3, 20, 5);
@@ -73,14 +74,16 @@ describe('examples/arithmetic', () => {
     for (const b of m.blocks) b.rel.assign(tf.randomNormal(b.rel.shape, 0, 1, 'float32', 5));
     const inp = new Int32Array(N);
     for (let b = 0; b < B; b++) inp.set(train.tokens.subarray(b * L.seqLen, b * L.seqLen + T), b * T);
-    // The same network from stock tf ops (gather, moments, softmax with an additive mask).
+    // The same network from stock tf ops (gather, mean, softmax with an additive mask).
+    expect(Array.from(m.sig)).toEqual([0, 1, 2, 4, 0, 1, 2, 5, 0, 1, 2]); // a0..a2 + b0..b2 = c0 c1 c2
     const ref = (): tf.Tensor => {
       const ln = (x: tf.Tensor) => {
         const xc = tf.sub(x, tf.mean(x, 0, true));
         return tf.div(xc, tf.sqrt(tf.add(tf.mean(tf.square(xc), 0, true), 1e-5)));
       };
       const pos = tf.tensor1d(Int32Array.from({ length: N }, (_, n) => n % T), 'int32');
-      let x = tf.add(tf.gather(m.tokEmb, tf.tensor1d(inp, 'int32'), 1), tf.gather(m.posEmb, pos, 1));
+      const sig = tf.tensor1d(Int32Array.from({ length: N }, (_, n) => m.sig[n % T]!), 'int32');
+      let x = tf.addN([tf.gather(m.tokEmb, tf.tensor1d(inp, 'int32'), 1), tf.gather(m.posEmb, pos, 1), tf.gather(m.sigEmb, sig, 1)]);
       const mask = tf.tensor2d(Float32Array.from({ length: T * T }, (_, k) => (k % T > Math.floor(k / T) ? -1e9 : 0)), [T, T]);
       const offset = tf.tensor1d(Int32Array.from({ length: T * T }, (_, k) => Math.max(0, Math.floor(k / T) - (k % T))), 'int32');
       for (const blk of m.blocks) {
@@ -138,6 +141,9 @@ describe('examples/arithmetic', () => {
     for (const id of ALL_METHODS) expect(table).toContain(`| ${METHOD_LABEL[id]} |`);
     expect(table).toContain('digit 0 (units) %');
     expect(table).toContain('On-policy diagnostics');
+    expect(table).toContain('Teacher soft targets');
+    expect(r.teacherStats.meanTop1).toBeGreaterThan(0);
+    expect(r.teacherStats.tailMass32).toBeLessThanOrEqual(r.teacherStats.tailMass8);
   });
 
   it('is deterministic for a seed', async () => {
