@@ -30,8 +30,6 @@ export interface ModelConfig {
   nLayers: number;
   nHeads: number;
   dFF: number;
-  /** Initialise the digit embeddings on circles (see the constructor). */
-  fourierDigits?: boolean;
 }
 
 interface Block {
@@ -45,9 +43,12 @@ interface Block {
 }
 
 export class Transformer {
-  /** Token embeddings [d, V] and positions [d, T]. */
+  /** Token embeddings [d, V], positions [d, T] and digit significance [d, digits + 3]. */
   readonly tokEmb: tf.Variable;
   readonly posEmb: tf.Variable;
+  readonly sigEmb: tf.Variable;
+  /** Per input position: the significance of the digit there (see significance()). */
+  readonly sig: Int32Array;
   readonly blocks: Block[] = [];
   /** Output layer [V, d]. */
   readonly wout: tf.Variable;
@@ -73,19 +74,9 @@ export class Transformer {
     const fan = (n: number) => 1 / Math.sqrt(n);
     const resid = 1 / Math.sqrt(2 * cfg.nLayers);
     this.tokEmb = v([d, VOCAB], 1);
-    if (cfg.fourierDigits) {
-      // Digits start on circles: rows 2k, 2k+1 hold cos, sin(2π(k+1)·digit/10), k < 5
-      // (plus the random part elsewhere): the representation small models find for
-      // modular addition (Nanda et al., 2023), given instead of grokked.
-      const e = this.tokEmb.arraySync() as number[][];
-      for (let k = 0; k < 5 && 2 * k + 1 < d; k++)
-        for (let t = 0; t < 10; t++) {
-          e[2 * k]![t] = Math.SQRT2 * Math.cos((2 * Math.PI * (k + 1) * t) / 10);
-          e[2 * k + 1]![t] = Math.SQRT2 * Math.sin((2 * Math.PI * (k + 1) * t) / 10);
-        }
-      this.tokEmb.assign(tf.tensor2d(e));
-    }
     this.posEmb = v([d, T], 1);
+    this.sig = significance(L);
+    this.sigEmb = v([d, L.digits + 3], 1);
     for (let l = 0; l < cfg.nLayers; l++) {
       this.blocks.push({
         wqkv: v([3 * d, d], fan(d)),
@@ -112,7 +103,7 @@ export class Transformer {
       const N = B * T;
       const { dModel: d, nHeads: H } = this.cfg;
       const dh = d / H;
-      let x = embed(tokens, B, T, this.tokEmb, this.posEmb); // [d, N]
+      let x = embed(tokens, B, T, this.tokEmb, this.posEmb, this.sigEmb, this.sig); // [d, N]
       for (const blk of this.blocks) {
         const h = layerNorm(x);
         // [3d, N] → [3, H, dh, B, T] → [3, B, H, T, dh]: q, k, v per (example, head).
@@ -252,19 +243,44 @@ function causalSoftmax(s: tf.Tensor3D, scale: number, rel: tf.Variable): tf.Tens
 }
 
 /**
- * x[:, n] = E[:, token n] + P[:, n mod T] as [d, N], with the gradient computed by
- * scatter-adding dy's columns in JS.
+ * The significance of the digit at each input position, shared by both operands and
+ * the answer ("abacus" embeddings, McLeish et al., 2024): a_j and b_j get j, the answer
+ * digit c_j (an input from the next position on) gets j; '+'/'−' get digits + 1 and
+ * '=' digits + 2. Digits that must be combined thus share an embedding, and finding
+ * them is a content match instead of a position lookup to be learned per digit.
  */
-function embed(tokens: Int32Array, B: number, T: number, E: tf.Variable, P: tf.Variable): tf.Tensor2D {
+export function significance(L: Layout): Int32Array {
+  const D = L.digits;
+  const sig = new Int32Array(L.inputLen);
+  for (let t = 0; t < L.inputLen; t++) {
+    if (t < D) sig[t] = t;
+    else if (t === D) sig[t] = D + 1;
+    else if (t <= 2 * D) sig[t] = t - D - 1;
+    else if (t === 2 * D + 1) sig[t] = D + 2;
+    else sig[t] = t - L.promptLen;
+  }
+  return sig;
+}
+
+/**
+ * x[:, n] = E[:, token n] + P[:, n mod T] + S[:, sig[n mod T]] as [d, N], with the
+ * gradient computed by scatter-adding dy's columns in JS.
+ */
+function embed(tokens: Int32Array, B: number, T: number, E: tf.Variable, P: tf.Variable, S: tf.Variable, sig: Int32Array): tf.Tensor2D {
   const [d, V] = E.shape as [number, number];
+  const nS = S.shape[1]!;
   const N = B * T;
   const f = tf.customGrad(() => {
     const ev = E.dataSync();
     const pv = P.dataSync();
+    const sv = S.dataSync();
     const out = new Float32Array(d * N);
     for (let c = 0; c < d; c++) {
       const o = c * N;
-      for (let n = 0; n < N; n++) out[o + n] = ev[c * V + tokens[n]!]! + pv[c * T + (n % T)]!;
+      for (let n = 0; n < N; n++) {
+        const t = n % T;
+        out[o + n] = ev[c * V + tokens[n]!]! + pv[c * T + t]! + sv[c * nS + sig[t]!]!;
+      }
     }
     return {
       value: tf.tensor2d(out, [d, N]),
@@ -272,18 +288,21 @@ function embed(tokens: Int32Array, B: number, T: number, E: tf.Variable, P: tf.V
         const g = dy.dataSync();
         const de = new Float32Array(d * V);
         const dp = new Float32Array(d * T);
+        const ds = new Float32Array(d * nS);
         for (let c = 0; c < d; c++) {
           const o = c * N;
           for (let n = 0; n < N; n++) {
+            const t = n % T;
             de[c * V + tokens[n]!] += g[o + n]!;
-            dp[c * T + (n % T)] += g[o + n]!;
+            dp[c * T + t] += g[o + n]!;
+            ds[c * nS + sig[t]!] += g[o + n]!;
           }
         }
-        return [tf.tensor2d(de, [d, V]), tf.tensor2d(dp, [d, T])];
+        return [tf.tensor2d(de, [d, V]), tf.tensor2d(dp, [d, T]), tf.tensor2d(ds, [d, nS])];
       },
     };
   });
-  return f(E, P) as tf.Tensor2D;
+  return f(E, P, S) as tf.Tensor2D;
 }
 
 export function argmax(row: ArrayLike<number>): number {

@@ -24,6 +24,7 @@ export function markdownTable(r: ExperimentResult, command: string): string {
       `${c.nTrain} training problems (${tokens} answer tokens), ${c.nTest} held-out problems, greedy decoding. ` +
       `Teacher: ${c.teacher.nLayers}-layer d=${c.teacher.dModel} transformer (${r.teacherParams} params), ${c.teacherSteps} steps. ` +
       `Student: ${c.student.nLayers}-layer d=${c.student.dModel} (${r.studentParams} params), ${c.studentSteps} steps of batch ${c.batch} for every method, same init and batch order. ` +
+      `Adam lr ${c.studentLr} (teacher ${c.teacherLr}), cosine decay, weight decay ${c.weightDecay}. ` +
       `KD: T = ${c.temperature} (T² scaled), CE/KD weights ${c.hardWeight}/${c.softWeight}; GKD λ = ${c.lambda}, β = ${c.beta}. Seed ${c.seed}.`,
   );
   lines.push('');
@@ -31,6 +32,12 @@ export function markdownTable(r: ExperimentResult, command: string): string {
   lines.push(`| ${head.join(' | ')} |`);
   lines.push(`|${head.map((_, i) => (i === 0 || i === head.length - 4 ? ' --- ' : ' ---: ')).join('|')}|`);
   for (const m of r.results) lines.push(row(m, tokens));
+  lines.push('');
+  const ts = r.teacherStats;
+  lines.push(
+    `Teacher soft targets (training answer tokens, T = ${ts.temperature}): mean top-1 probability ${ts.meanTop1.toFixed(3)}, ` +
+      `mean entropy ${ts.meanEntropy.toFixed(3)} nats, mass outside the top 8 ${ts.tailMass8.toExponential(1)}, outside the top 32 ${ts.tailMass32.toExponential(1)}.`,
+  );
   lines.push('');
   const op = r.results.find((m) => m.onPolicy);
   if (op?.onPolicy) {

@@ -5,7 +5,7 @@
  *   npm run example:arithmetic                       # the full run (~10-15 min)
  *   npm run example:arithmetic -- --seed 2 --steps 400 --methods ce,fkl,onpolicy
  *   flags: --quick --seed N --steps N (student steps) --teacher-steps N
- *          --methods a,b,... --ops + | - | +- --digits D --out DIR
+ *          --methods a,b,... --ops + | - | +- --digits D --temperature T --out DIR
  *
  * Prints the results table and writes it to examples/arithmetic/results/{quick,full}.md
  * (and .json). See README.md next to this file.
@@ -32,6 +32,7 @@ export function configFor(mode: 'quick' | 'full'): Omit<ExperimentConfig, 'log'>
     batch: 32,
     teacherLr: 1e-2,
     studentLr: 1e-2,
+    weightDecay: 1,
     temperature: 2,
     hardWeight: 0.5,
     softWeight: 0.5,
@@ -45,7 +46,7 @@ export function configFor(mode: 'quick' | 'full'): Omit<ExperimentConfig, 'log'>
     student: { dModel: 32, nLayers: 2, nHeads: 2, dFF: 64 },
   };
   if (mode === 'quick') return { ...common, mode, nTrain: 1000, nTest: 200, teacherSteps: 120, studentSteps: 30 };
-  return { ...common, mode, nTrain: 4000, nTest: 1000, teacherSteps: 800, studentSteps: 400 };
+  return { ...common, mode, nTrain: 4000, nTest: 1000, teacherSteps: 1000, studentSteps: 400 };
 }
 
 async function main(): Promise<void> {
@@ -57,6 +58,7 @@ async function main(): Promise<void> {
       'teacher-steps': { type: 'string' },
       methods: { type: 'string' },
       ops: { type: 'string' },
+      temperature: { type: 'string' },
       digits: { type: 'string' },
       out: { type: 'string' },
     },
@@ -71,6 +73,11 @@ async function main(): Promise<void> {
   if (values.seed !== undefined) cfg.seed = int('seed', values.seed);
   if (values.steps !== undefined) cfg.studentSteps = int('steps', values.steps);
   if (values['teacher-steps'] !== undefined) cfg.teacherSteps = int('teacher-steps', values['teacher-steps']);
+  if (values.temperature !== undefined) {
+    const T = Number(values.temperature);
+    if (!(T > 0 && Number.isFinite(T))) throw new Error(`--temperature expects a number > 0, got '${values.temperature}'`);
+    cfg.temperature = T;
+  }
   if (values.ops !== undefined) {
     if (!['+', '-', '+-'].includes(values.ops)) throw new Error(`--ops expects '+', '-' or '+-', got '${values.ops}'`);
     cfg.ops = values.ops as Ops;
