@@ -10,6 +10,7 @@
  * Prints the results table and writes it to examples/arithmetic/results/{quick,full}.md
  * (and .json). See README.md next to this file.
  */
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -91,13 +92,24 @@ async function main(): Promise<void> {
   const command = `npm run example:arithmetic${process.argv.length > 2 ? ' -- ' + process.argv.slice(2).join(' ') : ''}`;
   console.log(`${command}\n`);
   const result = await runExperiment({ ...cfg, log: (l) => console.log(l) });
-  const table = markdownTable(result, command);
+  const table = markdownTable(result, command) + `\nSource: ${sourceRevision()}.\n`;
   console.log('\n' + table);
   const dir = values.out ?? fileURLToPath(new URL('./results', import.meta.url));
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, `${mode}.md`), table);
-  writeFileSync(join(dir, `${mode}.json`), JSON.stringify({ command, ...result }, null, 2) + '\n');
+  writeFileSync(join(dir, `${mode}.json`), JSON.stringify({ command, source: sourceRevision(), ...result }, null, 2) + '\n');
   console.log(`written: ${join(dir, `${mode}.md`)} and ${mode}.json`);
+}
+
+/** The git commit the run came from (so a quoted table names its code), or why not known. */
+function sourceRevision(): string {
+  const git = (args: string[]) => execFileSync('git', args, { cwd: fileURLToPath(new URL('.', import.meta.url)), encoding: 'utf8' }).trim();
+  try {
+    const dirty = git(['status', '--porcelain', '--untracked-files=no']) !== '';
+    return `commit ${git(['rev-parse', 'HEAD'])}${dirty ? ' plus uncommitted changes' : ''}`;
+  } catch {
+    return 'unknown (not a git checkout)';
+  }
 }
 
 main().catch((e) => {
