@@ -159,6 +159,13 @@ KD_DEV void qp_of(float z, float t, const RowLogs& R, float& lq, float& lp, floa
   }
 }
 
+// Mixture divergences: m = a p + b q is clamped to >= 2^-100, as on the CPU
+// (cpu/divergence.cc kTinyMixture): a p can underflow to 0 next to a subnormal p > 0
+// (log m = -inf, p (lp - lm) = inf) and p / m would overflow in the skew gradients; the
+// clamp changes only elements whose true contribution is < ~1e-28. A NaN passes.
+constexpr float kTinyMixture = 7.8886091e-31f;  // 2^-100
+KD_DEV float clamp_mixture(float m) { return m < kTinyMixture ? kTinyMixture : m; }
+
 // log of the mixture (jsd: m, skew: r); equal components mix to themselves exactly.
 template <int DIV>
 KD_DEV float mix_log(float lq, float lp, float m) {
@@ -311,7 +318,7 @@ KD_UNROLL
         qp_of(z[k], t[k], R, lq, lp, q, p);
         float m = 0.0f, lm = 0.0f;
         if (Tr::kLog) {
-          m = div_mixture(DIV, p, q, P.beta, P.skew);
+          m = clamp_mixture(div_mixture(DIV, p, q, P.beta, P.skew));
           lm = mix_log<DIV>(lq, lp, m);
         }
         term[k] = div_term(DIV, lq, lp, q, p, lm, P.beta);
@@ -373,7 +380,7 @@ KD_UNROLL
           qp_of(z[k], t[k], R, lq, lp, q, p);
           float m = 0.0f, lm = 0.0f, gg = 0.0f;
           if (Tr::kLog) {
-            m = div_mixture(DIV, p, q, P.beta, P.skew);
+            m = clamp_mixture(div_mixture(DIV, p, q, P.beta, P.skew));
             lm = mix_log<DIV>(lq, lp, m);
           }
           if (Tr::kPhase2) gg = div_g(DIV, lq, q, p, m, lm, P.skew);
