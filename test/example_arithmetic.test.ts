@@ -21,6 +21,8 @@ function tiny(methods = ALL_METHODS): ExperimentConfig {
     teacher: { dModel: 16, nLayers: 1, nHeads: 2, dFF: 32 },
     student: { dModel: 8, nLayers: 1, nHeads: 1, dFF: 16 },
     teacherSteps: 12,
+    teacherTarget: 0.9,
+    teacherAttempts: 2,
     studentSteps: 6,
     batch: 8,
     teacherLr: 3e-3,

@@ -22,7 +22,7 @@ export function markdownTable(r: ExperimentResult, command: string): string {
   lines.push(
     `Task: ${c.ops === '+-' ? 'a+b and a−b' : `a${c.ops === '+' ? '+' : '−'}b`} with 2..${c.digits}-digit operands, all numbers written least-significant digit first, answer of ${A} digits. ` +
       `${c.nTrain} training problems (${tokens} answer tokens), ${c.nTest} held-out problems, greedy decoding. ` +
-      `Teacher: ${c.teacher.nLayers}-layer d=${c.teacher.dModel} transformer (${r.teacherParams} params), ${c.teacherSteps} steps. ` +
+      `Teacher: ${c.teacher.nLayers}-layer d=${c.teacher.dModel} transformer (${r.teacherParams} params), ${c.teacherSteps} steps; trained until one reached ${(100 * c.teacherTarget).toFixed(0)}% exact match on 500 training problems, at most ${c.teacherAttempts} teachers (fresh initialisations): ${r.teacherAttempts} trained. ` +
       `Student: ${c.student.nLayers}-layer d=${c.student.dModel} (${r.studentParams} params), ${c.studentSteps} steps of batch ${c.batch} for every method, same init and batch order. ` +
       `Adam lr ${c.studentLr} (teacher ${c.teacherLr}), cosine decay, weight decay ${c.weightDecay}. ` +
       `KD: T = ${c.temperature} (T² scaled), CE/KD weights ${c.hardWeight}/${c.softWeight}; GKD λ = ${c.lambda}, β = ${c.beta}. Seed ${c.seed}.`,

@@ -46,8 +46,8 @@ export function configFor(mode: 'quick' | 'full'): Omit<ExperimentConfig, 'log'>
     teacher: { dModel: 48, nLayers: 2, nHeads: 4, dFF: 96 },
     student: { dModel: 32, nLayers: 2, nHeads: 2, dFF: 64 },
   };
-  if (mode === 'quick') return { ...common, mode, nTrain: 1000, nTest: 200, teacherSteps: 120, studentSteps: 30 };
-  return { ...common, mode, nTrain: 4000, nTest: 1000, teacherSteps: 1000, studentSteps: 400 };
+  if (mode === 'quick') return { ...common, mode, nTrain: 1000, nTest: 200, teacherSteps: 120, teacherTarget: 0.9, teacherAttempts: 1, studentSteps: 30 };
+  return { ...common, mode, nTrain: 4000, nTest: 1000, teacherSteps: 1000, teacherTarget: 0.9, teacherAttempts: 3, studentSteps: 400 };
 }
 
 async function main(): Promise<void> {
