@@ -33,7 +33,8 @@ const HELP = `kd-kernels benchmark (npm run bench -- [options])
                        forward KL on 1 thread and in bf16; JS loop and tfjs contenders
                        (tfjs at a reduced N, normalised per element)
   --op <names>         ops, comma-separated: forward-kl, reverse-kl, kl (both), jsd, tvd,
-                       skew-kl, distillation-loss, token-stats, topk, sample-teacher,
+                       skew-kl, distillation-loss (both its cases), distillation-loss-jsd
+                       (½ CE + ½ JSD alone), token-stats, topk, sample-teacher,
                        sparse-kl-div (file names such as kl_div also work)
   --device <list>      cpu, cuda (default: cpu, and cuda when available)
   --dtype <list>       f32, bf16 (default: both; quick: f32, bf16 for forward KL)
@@ -137,7 +138,7 @@ if (contenderKinds.has('none')) contenderKinds.clear();
 // Suites
 // ---------------------------------------------------------------------------------
 
-const ORDER = ['forward-kl', 'reverse-kl', 'jsd', 'tvd', 'skew-kl', 'distillation-loss', 'token-stats', 'topk', 'sample-teacher', 'sparse-kl-div'];
+const ORDER = ['forward-kl', 'reverse-kl', 'jsd', 'tvd', 'skew-kl', 'distillation-loss', 'distillation-loss-jsd', 'token-stats', 'topk', 'sample-teacher', 'sparse-kl-div'];
 const allOps: OpSpec[] = [];
 for (const f of readdirSync(join(ROOT, 'bench')).filter((f) => f.endsWith('.bench.ts')).sort()) {
   const mod = (await import(pathToFileURL(join(ROOT, 'bench', f)).href)) as { ops?: OpSpec[] };
@@ -303,7 +304,7 @@ function measurementS(t: number, budget: Budget): number {
 }
 
 /** Cost factors relative to forward KL (rough; the ETA corrects itself as cases finish). */
-const OP_FACTOR: Record<string, number> = { 'forward-kl': 1, 'reverse-kl': 1.2, jsd: 1.8, tvd: 1.2, 'skew-kl': 1.8, 'distillation-loss': 1.1, 'token-stats': 0.9 };
+const OP_FACTOR: Record<string, number> = { 'forward-kl': 1, 'reverse-kl': 1.2, jsd: 1.8, tvd: 1.2, 'skew-kl': 1.8, 'distillation-loss': 1.1, 'distillation-loss-jsd': 1.9, 'token-stats': 0.9 };
 
 function estimateCase(g: Group, c: PlannedCase, p: Probe): number {
   const el = g.shape.N * g.shape.V;

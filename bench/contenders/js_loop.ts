@@ -241,6 +241,42 @@ export const distillation: JsContender = ({ s, t, N, V, labels }, g) => {
   return total * inv;
 };
 
+/**
+ * distillationLoss with ½ CE + ½ JSD (β = 0.5, T = 1): per token ½ (lse(z) − z_y) + ½ JSD,
+ * mean over the N tokens; dL/dz = (½ (q − onehot(y)) + ½ · ½ q (log q − log m − KL(q‖m))) / N.
+ */
+export const distillationJsd: JsContender = ({ s, t, N, V, labels }, g) => {
+  if (!labels) throw new Error('distillation contender needs labels');
+  const inv = 1 / N;
+  const [q, w] = scratchRows(V);
+  let total = 0;
+  for (let i = 0; i < N; i++) {
+    const o = i * V;
+    rowLse(s, t, o, V, lse);
+    const cs = lse[0]!;
+    const ct = lse[1]!;
+    let jsd = 0;
+    let klqm = 0;
+    for (let j = 0; j < V; j++) {
+      const lq = s[o + j]! - cs;
+      const lp = t[o + j]! - ct;
+      const qj = Math.exp(lq);
+      const pj = Math.exp(lp);
+      const lm = Math.log(0.5 * pj + 0.5 * qj);
+      const u = qj * (lq - lm);
+      jsd += 0.5 * pj * (lp - lm) + 0.5 * u;
+      klqm += u;
+      q[j] = qj;
+      w[j] = u;
+    }
+    for (let j = 0; j < V; j++) g[o + j] = (0.5 * q[j]! + 0.25 * (w[j]! - q[j]! * klqm)) * inv;
+    const y = labels[i]!;
+    g[o + y] = g[o + y]! - 0.5 * inv;
+    total += 0.5 * (cs - s[o + y]!) + 0.5 * jsd;
+  }
+  return total * inv;
+};
+
 export interface JsTokenStats {
   forwardKl: Float32Array;
   reverseKl: Float32Array;
@@ -313,5 +349,6 @@ export const JS_CONTENDERS: Record<string, JsContender> = {
   tvd,
   'skew-kl': skewForwardKl(0.1),
   'distillation-loss': distillation,
+  'distillation-loss-jsd': distillationJsd,
   'token-stats': tokenStats,
 };

@@ -27,11 +27,16 @@ constexpr int64_t kCpuRowBlock = 1024;
 // element j goes to lane j % (kCpuLanes * kCpuRowChains). One group is a single chain of
 // dependent vector adds (~3 cycles each); four let them pipeline (measured: a 16-lane sum
 // over an L1 block cost as much as the exp that produced it). Fixes the order, as above.
+// (cpu/token_stats.cc sums in one group of kCpuLanes lanes: two exps per element separate
+// the adds to each of its six accumulators, and six x four groups would not fit in registers.)
 constexpr int kCpuRowChains = 4;
 
 // CPU: how many row blocks (kCpuRowBlock) ahead the row kernels prefetch the inputs,
 // spread over the exp loop of the current block. Measured (forward KL, 512 x 32000 f32,
-// one thread): none 1.60, 1 block 1.27, 2 blocks 1.06, 4 blocks ~1.1 ns/element.
+// one thread): none 1.60, 1 block 1.27, 2 blocks 1.06, 4 blocks ~1.1 ns/element. Also
+// the best for tokenStats' single pass (512 x 32000 f32, one thread, CPU time, three
+// alternating runs on a loaded machine): 1 block 10.5-10.9 ms, 2 blocks 9.1-9.5, 3 10.2-10.5,
+// 4 10.6-10.8, 6 10.6-10.7.
 constexpr int64_t kCpuPrefetchBlocks = 2;
 
 // CPU: row kernels hand each thread runs of about n / (threads * this) rows (at least
