@@ -17,7 +17,7 @@
 // while a wrong formula (a missing term or factor, a sign, a missing 1/N) is off by
 // 1e-3 or more.
 import { beforeAll, describe, expect, it } from 'vitest';
-import { JS_CONTENDERS, tokenStatsJs } from '../bench/contenders/js_loop.js';
+import { JS_CONTENDERS, TOPK_JS_K, tokenStatsJs, topkJs } from '../bench/contenders/js_loop.js';
 import { loadTfjs, makeTfjsCase, TFJS_LOSSES, type Tf } from '../bench/contenders/tfjs.js';
 import { makeCaseData, randomLogitPair, type CaseData, type OpSpec } from '../bench/harness.js';
 import { ops as klOps } from '../bench/kl_div.bench.js';
@@ -26,6 +26,7 @@ import { ops as tvdOps } from '../bench/tvd.bench.js';
 import { ops as skewOps } from '../bench/skew_kl.bench.js';
 import { ops as dlOps } from '../bench/distillation_loss.bench.js';
 import { ops as tsOps } from '../bench/token_stats.bench.js';
+import { ops as topkOps } from '../bench/topk.bench.js';
 import * as kd from '../lib/index.js';
 import { randomLogits } from './reference/common.js';
 
@@ -108,6 +109,36 @@ describe('JS loop contenders match the library', () => {
       // And the suite's check value is Σ forwardKl.
       const sum = Array.from(js.forwardKl).reduce((a, b) => a + b, 0);
       expect(tsOps[0]!.make(d).value()).toBeCloseTo(sum, 4);
+    });
+  }
+});
+
+describe('JS topk contender matches the library', () => {
+  // V > k (k = 64): the heap's threshold filter, the tail sum and the tie order all matter.
+  const TV = 700;
+  const cases: { name: string; d: CaseData }[] = [
+    { name: 'bench data', d: makeCaseData('cpu', 'f32', { N, V: TV }, 9) },
+    (() => {
+      // Logits rounded to 0.25: many ties, broken by the lower index.
+      const base = makeCaseData('cpu', 'f32', { N, V: TV }, 10);
+      const t = Float32Array.from(randomLogits(N, TV, { seed: 13, scale: 3, peaked: true }), (x) => Math.round(x * 4) / 4);
+      const d: CaseData = { ...base, teacher: kd.tensor(t, [N, TV]), host: { ...base.host, teacher: t } };
+      return { name: 'ties', d };
+    })(),
+  ];
+  for (const { name, d } of cases) {
+    it(`topk (${name})`, () => {
+      const t = d.host.teacher as Float32Array;
+      const r = kd.topk(d.teacher, TOPK_JS_K, { output: 'logprobs' });
+      const js = topkJs(t, N, TV, TOPK_JS_K);
+      expect(Array.from(js.indices)).toEqual(Array.from(r.indices.toArray() as Int32Array));
+      expectClose('topk values', js.values, r.values.toArray() as Float32Array, 1e-6, 1e-5);
+      expectClose('topk tailLogProb', js.tailLogProb, r.tailLogProb!.toArray() as Float32Array, 1e-6, 1e-5);
+      // And the suite's check value is Σ tailLogProb, the contender's return value.
+      const sum = Array.from(js.tailLogProb).reduce((a, b) => a + b, 0);
+      const fn = JS_CONTENDERS[topkOps[0]!.contenders!.js!]!;
+      expect(fn({ s: t, t, N, V: TV }, new Float32Array(0))).toBeCloseTo(sum, 10);
+      expect(topkOps[0]!.make(d).value()).toBeCloseTo(sum, 4);
     });
   }
 });

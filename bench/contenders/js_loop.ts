@@ -341,6 +341,102 @@ export const tokenStats: JsContender = (x) => {
   return sum;
 };
 
+export interface JsTopk {
+  values: Float32Array;
+  indices: Int32Array;
+  tailLogProb: Float32Array;
+}
+
+/**
+ * topk (log-probs + tailLogProb) the way a TS user would write a partial sort: per row
+ * one pass with a size-k min-heap (root = the current k-th best; ties: the later index
+ * ranks lower, so an element enters only if x > root), which is also a threshold filter:
+ * almost every element of a long row costs one compare. The tail mass is summed directly
+ * in the same pass relative to the running max (rescaled when the max rises): rejected
+ * elements and heap evictions each add e^{x - m} once, so tailLogProb has no
+ * log(1 - x) cancellation, one Math.exp per element. Then the k survivors are sorted
+ * (value descending, lower index first). Temperature 1, finite inputs (the bench's data).
+ */
+export function topkJs(t: Float32Array, N: number, V: number, k: number, out?: JsTopk): JsTopk {
+  const r = out ?? { values: new Float32Array(N * k), indices: new Int32Array(N * k), tailLogProb: new Float32Array(N) };
+  const hv = new Float64Array(k);
+  const hi = new Int32Array(k);
+  const order = Array.from({ length: k }, (_, j) => j);
+  // Min-heap order: a "below" b when a ranks lower (smaller value, or equal and later index).
+  const below = (a: number, b: number) => hv[a]! < hv[b]! || (hv[a] === hv[b] && hi[a]! > hi[b]!);
+  const swap = (a: number, b: number) => {
+    const v = hv[a]!;
+    hv[a] = hv[b]!;
+    hv[b] = v;
+    const x = hi[a]!;
+    hi[a] = hi[b]!;
+    hi[b] = x;
+  };
+  const siftDown = (size: number) => {
+    let p = 0;
+    for (;;) {
+      const l = 2 * p + 1;
+      if (l >= size) return;
+      const c = l + 1 < size && below(l + 1, l) ? l + 1 : l;
+      if (!below(c, p)) return;
+      swap(c, p);
+      p = c;
+    }
+  };
+  for (let i = 0; i < N; i++) {
+    const o = i * V;
+    let size = 0;
+    let m = -Infinity; // running max (the heap holds it)
+    let st = 0; // tail sum relative to m
+    for (let j = 0; j < V; j++) {
+      const x = t[o + j]!;
+      if (x > m) {
+        if (st !== 0) st *= Math.exp(m - x);
+        m = x;
+      }
+      if (size < k) {
+        let c = size++;
+        hv[c] = x;
+        hi[c] = j;
+        while (c > 0) {
+          const p = (c - 1) >> 1;
+          if (!below(c, p)) break;
+          swap(c, p);
+          c = p;
+        }
+        continue;
+      }
+      if (x > hv[0]!) {
+        st += Math.exp(hv[0]! - m);
+        hv[0] = x;
+        hi[0] = j;
+        siftDown(size);
+      } else st += Math.exp(x - m);
+    }
+    for (let j = 0; j < k; j++) order[j] = j;
+    order.sort((a, b) => hv[b]! - hv[a]! || hi[a]! - hi[b]!);
+    let stop = 0;
+    for (let j = 0; j < k; j++) stop += Math.exp(hv[order[j]!]! - m);
+    const logS = Math.log(stop + st);
+    for (let j = 0; j < k; j++) {
+      const s = order[j]!;
+      r.values[i * k + j] = hv[s]! - m - logS;
+      r.indices[i * k + j] = hi[s]!;
+    }
+    r.tailLogProb[i] = st === 0 ? -Infinity : -Math.log1p(stop / st);
+  }
+  return r;
+}
+
+/** topk (k = 64, log-probs) as a contender: the check value is Σ tailLogProb (`g` unused). */
+export const TOPK_JS_K = 64;
+export const topkContender: JsContender = ({ t, N, V }) => {
+  const r = topkJs(t, N, V, Math.min(TOPK_JS_K, V));
+  let sum = 0;
+  for (let i = 0; i < N; i++) sum += r.tailLogProb[i]!;
+  return sum;
+};
+
 /** The contenders by benchmark op name (see bench/*.bench.ts). */
 export const JS_CONTENDERS: Record<string, JsContender> = {
   'forward-kl': forwardKl,
@@ -351,4 +447,5 @@ export const JS_CONTENDERS: Record<string, JsContender> = {
   'distillation-loss': distillation,
   'distillation-loss-jsd': distillationJsd,
   'token-stats': tokenStats,
+  topk: topkContender,
 };

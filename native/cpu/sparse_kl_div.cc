@@ -7,17 +7,21 @@
 //   A  one read of z from memory, block by block (tuning::kCpuRowBlock, L1-sized): block
 //      max, e_j = exp((z_j - blockmax)/T) cached in a scratch row, block sums -> m,
 //      log S and per-block scales (cpu/row.h, as the divergence engine). 'bucket' also
-//      sums the tail (non-id elements) directly: blocks without ids reuse the block sum,
-//      blocks with ids re-sum their non-id elements from the cached e (or relative to
-//      their own non-id max when the ids dwarf them: no f32 underflow), so q_t is never
-//      formed as 1 - sum of the id masses.
+//      sums the tail (non-id elements) directly: blocks without ids reuse the block sum;
+//      in blocks with ids the cached e_j are taken relative to the block's non-id max
+//      (the ids' share of the block sum is added in double), so every tail e_j keeps full
+//      precision however much mass the ids hold. q_t is never formed as 1 - sum of the id
+//      masses, and log q_t is combined over blocks in log space (q_t may be below even
+//      double's range).
 //   S  the k slots, in double: log q at the ids (z_id read before any gradient write, so
 //      grad may alias the student), the teacher side, the loss, and per distinct id the
 //      final gradient value. Slots are sorted by (id, slot) once, which groups repeated
 //      ids (only 'sampled' has them) and orders their sums by slot: deterministic.
 //   W  the gradient row: base coefficient * q_j (from the cached e) for every j, the ids
 //      overwritten with their own value, staged per block and rounded once to the
-//      gradient dtype.
+//      gradient dtype. 'bucket': off the ids q_j (S_p - p_t/q_t)/T is formed as
+//      (q_j/q_t) (S_p q_t - p_t)/T, q_j/q_t = e_j times a per-block factor <= 1, so a
+//      tiny (even f32-underflowing) q_t with an O(1) ratio gives the right gradient.
 // One exp per element. The loss is reduced over rows in row order in double: bitwise
 // identical results for any thread count.
 #include <algorithm>
@@ -205,36 +209,44 @@ void row_kernel(const Plan& P, int64_t i, Scratch& S, SlotScratch& T) {
     const float* z = load_block(zrow, a.s_dtype, off, n, S.zbuf);
     const float mz = block_max(z, n), sz = block_shift(mz);
     blk[kBMax][b] = mz;
-    blk[kBSum][b] = exp_block(z, n, sz, inv_t, eq + off);
-    if (tail != kBucket) continue;
     int64_t p2 = p;
-    while (p2 < k && int64_t(order[p2] >> 32) < off + n) ++p2;
-    if (p2 == p) {  // no id here: the whole block is tail
+    if (tail == kBucket)
+      while (p2 < k && int64_t(order[p2] >> 32) < off + n) ++p2;
+    if (p2 == p) {  // not 'bucket', or no id here: the whole block is tail
+      blk[kBSum][b] = exp_block(z, n, sz, inv_t, eq + off);
       blk[kTShift][b] = sz;
       blk[kTSum][b] = blk[kBSum][b];
       continue;
     }
+    // 'bucket', a block with ids: the cached e_j are taken relative to the block's tail
+    // (non-id) max tm, so that e_j = (q_j / q_t) * e^{(tm - m)/T - log S_t} keeps full
+    // precision for every tail element whatever the ids' mass (pass W forms q_j / q_t from
+    // them, never q_j and q_t separately). The ids' e_j (possibly +inf) are never read.
     uint8_t* is_id = T.is_id;
     std::memset(is_id, 0, size_t(n));
     for (int64_t q = p; q < p2; ++q) is_id[int64_t(order[q] >> 32) - off] = 1;
-    p = p2;
     float mx[kLanes];
     for (int l = 0; l < kLanes; ++l) mx[l] = -kInf;
     for_lanes(n, [&](int64_t j, int l) { mx[l] = (!is_id[j] && z[j] > mx[l]) ? z[j] : mx[l]; });
     float tm = -kInf;
     for (int l = 0; l < kLanes; ++l) tm = mx[l] > tm ? mx[l] : tm;
-    float ts = 0.0f, tshift = sz;
-    if (tm != -kInf) {
+    const float tshift = tm == -kInf ? sz : tm;
+    const float all = exp_block(z, n, tshift, inv_t, eq + off);
+    float ts = 0.0f;
+    {
       const float* e = eq + off;
       float acc[kLanes] = {};
-      if ((sz - tm) * inv_t < 60.0f) {
-        for_lanes(n, [&](int64_t j, int l) { acc[l] += is_id[j] ? 0.0f : e[j]; });
-      } else {  // the ids dwarf the rest of the block: sum relative to the tail max
-        tshift = tm;
-        for_lanes(n, [&](int64_t j, int l) { acc[l] += is_id[j] ? 0.0f : exp_f((z[j] - tm) * inv_t); });
-      }
+      for_lanes(n, [&](int64_t j, int l) { acc[l] += is_id[j] ? 0.0f : e[j]; });
       ts = lane_sum(acc);
     }
+    if (tshift == sz) {
+      blk[kBSum][b] = all;
+    } else {  // the block sum relative to its max: the tail part rescaled, the ids in double
+      double bs = double(ts) * std::exp((double(tshift) - double(sz)) * inv_td);
+      for (int64_t q = p; q < p2; ++q) bs += std::exp((double(z[int64_t(order[q] >> 32) - off]) - double(sz)) * inv_td);
+      blk[kBSum][b] = float(bs);
+    }
+    p = p2;
     blk[kTShift][b] = tshift;
     blk[kTSum][b] = ts;
   }
@@ -273,13 +285,34 @@ void row_kernel(const Plan& P, int64_t i, Scratch& S, SlotScratch& T) {
       if (pj != 0.0) L += pj * (vj - lq[j]);
     }
     sp += pt;
-    double st = 0.0;  // the tail sum, relative to m like S
+    // log S_t, the tail sum relative to m like S, in log space (S_t itself may be below
+    // double's range): lst = log sum_b t_b e^{(shift_b - m)/T}, each t_b >= 1 (or NaN).
+    double lmax = -kInfD;
     for (int64_t b = 0; b < nb; ++b)
-      if (blk[kTSum][b] != 0.0f) st += double(blk[kTSum][b]) * std::exp((double(blk[kTShift][b]) - m) * inv_td);
-    const double lqt = std::log(st) - log_s;  // -inf when there is no tail
+      if (blk[kTSum][b] != 0.0f) {
+        const double lb = std::log(double(blk[kTSum][b])) + (double(blk[kTShift][b]) - m) * inv_td;
+        lmax = lb > lmax || lb != lb ? lb : lmax;
+      }
+    double lst = lmax;
+    if (std::isfinite(lmax)) {
+      double st = 0.0;
+      for (int64_t b = 0; b < nb; ++b)
+        if (blk[kTSum][b] != 0.0f) st += double(blk[kTSum][b]) * std::exp((double(blk[kTShift][b]) - m) * inv_td - lmax);
+      lst = lmax + std::log(st);
+    }
+    const double lqt = lst - log_s;  // -inf when there is no tail
     if (pt != 0.0) L += pt * (lpt - lqt);
     A = sp * inv_td;
-    a_all = pt == 0.0 ? A : (sp - pt / std::exp(lqt)) * inv_td;
+    // Off the ids dz_j = q_j (S_p - p_t/q_t)/T = (q_j/q_t) (S_p q_t - p_t)/T, and in block b
+    // q_j/q_t = e_j e^{(shift_b - m)/T - lst} (<= 1): pass W scales e_j by a per-block
+    // factor (kBScale), so neither q_j nor q_t is ever formed in f32 (q_t may underflow
+    // while q_j/q_t is O(1)).
+    const double tcoef = P.grad_coef * (a.weights ? double(a.weights[i]) : 1.0) * double(a.soft_weight) * (sp * std::exp(lqt) - pt) * inv_td;
+    for (int64_t b = 0; b < nb; ++b) {  // 0 for blocks without tail mass (every e_j off the ids is 0)
+      const double r = std::exp((double(blk[kTShift][b]) - m) * inv_td - lst);
+      const double c = blk[kTSum][b] == 0.0f || r == 0.0 ? 0.0 : tcoef * r;
+      blk[kBScale][b] = float(log_s != log_s || lst != lst ? kNaND : c);
+    }
   } else {  // renormalize, conditional: p~ = softmax(values)
     double vm, vls;
     for (int64_t j = 0; j < k; ++j) corr[j] = value(j);  // staging the values
@@ -310,7 +343,10 @@ void row_kernel(const Plan& P, int64_t i, Scratch& S, SlotScratch& T) {
     const float* __restrict e = eq + off;
     const float cb = blk[kBScale][b];
     if (tail == kConditional) std::fill(gb, gb + n, 0.0f);
-    else if (fa_finite) for (int64_t j = 0; j < n; ++j) gb[j] = fa * (e[j] * cb);
+    else if (tail == kBucket) {  // gb = cb * e_j, cb as computed above; 0 where e_j = 0 (no 0 * inf)
+      if (std::isfinite(cb)) for (int64_t j = 0; j < n; ++j) gb[j] = cb * e[j];
+      else for (int64_t j = 0; j < n; ++j) gb[j] = e[j] == 0.0f && cb == cb ? 0.0f : cb * e[j];
+    } else if (fa_finite) for (int64_t j = 0; j < n; ++j) gb[j] = fa * (e[j] * cb);
     else for (int64_t j = 0; j < n; ++j) {  // fa = +-inf or NaN: 0 where q = 0 (no 0 * inf)
       const float q = e[j] * cb;
       gb[j] = q == 0.0f ? 0.0f : q * fa;

@@ -8,7 +8,9 @@
 //   - a candidate buffer of at most k + slack composite keys; thr = the value of its
 //     k-th best once it has k. An element is a candidate iff x > thr (or NaN): later
 //     indices lose ties, so x <= thr means "definitely in the tail". For random data
-//     almost every element is rejected by that one compare.
+//     almost every element is rejected by that one compare. Until the buffer first fills
+//     (the row's first k + slack elements) every element enters it; the compaction then
+//     sets thr and the rest of that block is swept like the others.
 //   - in the same sweep the rejected elements' e^{(x - thr)/T} are summed (fixed lanes):
 //     the shift thr is >= every rejected element, so nothing overflows; a block whose
 //     tail sum comes out below 2^-80 (elements far below thr) is re-summed relative to
@@ -24,6 +26,9 @@
 // it is a base-2 exp with a degree-5 polynomial (exp2_neg, relative error < 2.5e-7), in
 // one fused compare + exp + masked-add sweep written with AVX-512 / AVX2 intrinsics (a
 // scalar loop on the generic level), over L1-sized blocks while the next streams in.
+// On AVX-512 that sweep is 12 vector instructions per 16 elements (vreduceps gives the
+// fraction and maps -inf to a 0 term, no clamp), and each block's 16 lanes are reduced in
+// registers (the store + partial reloads of lane_sum stalled on store forwarding).
 //
 // Determinism: every sum is over a fixed order (lanes per block, blocks in order, the
 // evicted list in the order of eviction, which depends only on the row), so the results
@@ -109,32 +114,47 @@ KD_ROW_INLINE float exp_sum(const float* __restrict x, int64_t n, float shift, f
 // Lane l accumulates the elements j = l (mod kLanes) on every ISA level (AVX-512: one
 // register; AVX2: two; generic: an array), then the fixed tree of lane_sum.
 static_assert(tuning::kCpuLanes == 16, "the vector sweeps below are written for 16 lanes");
+#if defined(KD_ISA_avx2) || defined(KD_ISA_avx512)
+// The last three levels of lane_sum's tree, on s8[l] = b[l] + b[l + 8]: the same sums in
+// the same order, so every ISA level gives the same bits.
+KD_ROW_INLINE float hsum8(__m256 s8) {
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+#endif
 KD_ROW_INLINE float tail_sweep(const float* __restrict x, int64_t n, float thr, float c2, uint16_t* __restrict cm) {
   float acc[kLanes];
   int64_t j = 0, g = 0;
 #if defined(KD_ISA_avx512)
   {
-    const __m512 vthr = _mm512_set1_ps(thr), vc2 = _mm512_set1_ps(c2), lo = _mm512_set1_ps(-150.0f);
+    const __m512 vthr = _mm512_set1_ps(thr), vc2 = _mm512_set1_ps(c2);
     const __m512 k5 = _mm512_set1_ps(1.3278163969516754e-3f), k4 = _mm512_set1_ps(9.675555862486362e-3f),
                  k3 = _mm512_set1_ps(5.5507078766822815e-2f), k2 = _mm512_set1_ps(2.4022118747234344e-1f),
                  k1 = _mm512_set1_ps(6.931469440460205e-1f), k0 = _mm512_set1_ps(1.0000001192092896f);
+    constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     __m512 va = _mm512_setzero_ps();
     for (; j + kLanes <= n; j += kLanes, ++g) {
       const __m512 v = _mm512_loadu_ps(x + j);
       const __mmask16 keep = _mm512_cmp_ps_mask(v, vthr, _CMP_LE_OQ);  // rejected: x <= thr (never NaN)
       cm[g] = uint16_t(~unsigned(keep));
-      // 2^y = 2^f 2^n with n = rint(y), f in [-1/2, 1/2]: the polynomial, then vscalefps
-      // (exact, gradual underflow, 0 far below). y is clamped at -150 only so that -inf
-      // inputs give 2^-150 * 2^f = 0 instead of NaN (f = -inf - -inf).
-      const __m512 yc = _mm512_maskz_max_ps(__mmask16(0xffff), _mm512_mul_ps(_mm512_sub_ps(v, vthr), vc2), lo);
-      const __m512 nn = _mm512_maskz_roundscale_ps(__mmask16(0xffff), yc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      const __m512 f = _mm512_sub_ps(yc, nn);
+      // 2^y = 2^f 2^n with n = rint(y) (vrndscaleps) and f = y - n in [-1/2, 1/2]
+      // (vreduceps, exact): the polynomial, then vscalefps (exact, gradual underflow, 0 far
+      // below). -inf inputs: n = -inf and f = 0 (vreduceps gives 0 for infinities), so the
+      // term is 1 * 2^-inf = 0 with no clamp. (Same n, f and terms as y - rint(y).)
+      const __m512 y = _mm512_mul_ps(_mm512_sub_ps(v, vthr), vc2);
+      const __m512 nn = _mm512_maskz_roundscale_ps(__mmask16(0xffff), y, kRound);
+      const __m512 f = _mm512_maskz_reduce_ps(__mmask16(0xffff), y, kRound);
       __m512 p = _mm512_fmadd_ps(k5, f, k4);
       p = _mm512_fmadd_ps(p, f, k3);
       p = _mm512_fmadd_ps(p, f, k2);
       p = _mm512_fmadd_ps(p, f, k1);
       p = _mm512_fmadd_ps(p, f, k0);
       va = _mm512_mask_add_ps(va, keep, va, _mm512_maskz_scalef_ps(__mmask16(0xffff), p, nn));
+    }
+    if (j == n) {  // lane_sum's tree in registers (a spill and reload per block stalls)
+      const __m256 s8 = _mm256_add_ps(_mm512_maskz_extractf32x8_ps(__mmask8(0xff), va, 0), _mm512_maskz_extractf32x8_ps(__mmask8(0xff), va, 1));
+      return hsum8(s8);
     }
     _mm512_storeu_ps(acc, va);
   }
@@ -166,6 +186,7 @@ KD_ROW_INLINE float tail_sweep(const float* __restrict x, int64_t n, float thr, 
       }
       cm[g] = uint16_t(bits);
     }
+    if (j == n) return hsum8(_mm256_add_ps(va[0], va[1]));  // lane_sum's tree in registers
     _mm256_storeu_ps(acc, va[0]);
     _mm256_storeu_ps(acc + 8, va[1]);
   }
@@ -331,32 +352,39 @@ void topk_row(const TopkArgs& a, int64_t i, TopkScratch* S) {
   for (int64_t off = 0; off < v; off += kBlock) {
     const int64_t n = std::min(kBlock, v - off);
     const float* x = load_block(xrow, a.x_dtype, off, n, S->buf);
+    int64_t j0 = 0;
     if (!R.have_thr) {
-      R.scan(x, 0, n, off, 0.0f, true);
-      continue;
+      // Until the buffer first fills (k + slack elements), every element is a candidate;
+      // the compaction then sets thr and the rest of the block is swept.
+      j0 = std::min(n, R.cap - int64_t(S->cand.size()));
+      R.scan(x, 0, j0, off, 0.0f, true);
+      if (!R.have_thr) continue;
     }
+    const int64_t m = n - j0;
+    if (m == 0) continue;
+    const float* xs = x + j0;
     const float thr0 = R.thr;
     uint16_t* cm = S->masks;
     if (thr0 == -kInf) {
-      candidate_masks(x, n, thr0, cm);
+      candidate_masks(xs, m, thr0, cm);
     } else {
       float shift = thr0;
-      float s = tail_sweep(x, n, thr0, c2, cm);
+      float sum = tail_sweep(xs, m, thr0, c2, cm);
       // Below 2^-80 the sum may have lost terms to f32 underflow: redo it relative to
       // the block's own tail max (its largest term is then 1).
-      if (!(s >= 0x1p-80f)) s = tail_sum_own_max(x, n, thr0, c2, &shift);
-      if (s != 0.0f) {
+      if (!(sum >= 0x1p-80f)) sum = tail_sum_own_max(xs, m, thr0, c2, &shift);
+      if (sum != 0.0f) {
         if (!S->shifts.empty() && S->shifts.back() == shift) {
-          S->sums.back() += double(s);
+          S->sums.back() += double(sum);
         } else {
           S->shifts.push_back(shift);
-          S->sums.push_back(double(s));
+          S->sums.push_back(double(sum));
         }
       }
     }
-    const int64_t ng = (n + kLanes - 1) / kLanes;
+    const int64_t ng = (m + kLanes - 1) / kLanes;
     for (int64_t g = ng; g < ((ng + 3) & ~int64_t(3)); ++g) cm[g] = 0;
-    R.scan_masks(x, cm, n, off, thr0);
+    R.scan_masks(xs, cm, m, off + j0, thr0);
   }
   if (int64_t(S->cand.size()) > k) R.compact();  // now exactly the top k
 

@@ -17,7 +17,8 @@
 //        conditional's softmax over the ids, W, sum p, the loss; each group leader
 //        computes its id's final gradient value from z_id BEFORE any gradient is
 //        written (so grad may alias the student);
-//     d. pass W over z (L2/DRAM): grad_j = coef * q_j for every j (0 for 'conditional'),
+//     d. pass W over z (L2/DRAM): grad_j = coef * q_j for every j (0 for 'conditional';
+//        'bucket': coef * q_j/q_t, formed from the tail's own max and sum),
 //        16-byte stores when aligned; a barrier; then the leaders overwrite their ids.
 //  3. reduce_loss (1 block; reduced losses only): the per-row totals (double, in the
 //     workspace) summed in a fixed order / divisor.
@@ -215,7 +216,11 @@ __global__ void __launch_bounds__(kThreads) sparse_rows(SparseKlDivArgs a, float
     const double lqt = tl.m == -kInfF ? -double(kInfF) : log(double(tl.s)) + (double(tl.m) - md) * inv_td - log_s;
     if (pt != 0.0) L += pt * (lpt - lqt);
     A = sp * inv_td;
-    a_all = pt == 0.0 ? A : (sp - pt / exp(lqt)) * inv_td;
+    // Off the ids dz_j = q_j (S_p - p_t/q_t)/T = (q_j/q_t) (S_p q_t - p_t)/T: pass W forms
+    // q_j/q_t = e^{(z_j - tl.m)/T} / tl.s (<= 1) directly, never q_j and q_t in f32 (q_t
+    // may underflow while q_j/q_t is O(1)). a_all is that bracket (S_p q_t - p_t)/T.
+    a_all = (sp * exp(lqt) - pt) * inv_td;
+    if (log_s != log_s) a_all = nan;
   } else {  // renormalize, conditional
     double mv = -double(kInfF), mq = -double(kInfF);
     for (int64_t j = tid; j < k; j += nthr) {
@@ -273,6 +278,10 @@ __global__ void __launch_bounds__(kThreads) sparse_rows(SparseKlDivArgs a, float
   const float fa = float(f * a_all);
   const bool fa_finite = isfinite(fa);
   const float inv_s = float(1.0 / double(all.s));
+  // 'bucket': q_j/q_t = e^{(z_j - tl.m)/T} / tl.s; no tail (tl.m = -inf): every non-id is 0.
+  const bool notail = TAIL == kBucket && tl.m == -kInfF;
+  const float tshift = TAIL == kBucket ? tl.m : m;
+  const float inv_ts = TAIL == kBucket ? float(1.0 / double(tl.s)) : inv_s;
   for (int64_t c = tid; c < n8; c += nthr) {
     float x[8], g[8];
     const int nv = load8<DT>(zrow, v, c * kChunk8, vec, x);
@@ -281,8 +290,9 @@ __global__ void __launch_bounds__(kThreads) sparse_rows(SparseKlDivArgs a, float
       if (TAIL == kConditional) {
         g[e] = 0.0f;
       } else {
-        const float q = expf((x[e] - m) * inv_t) * inv_s;
-        g[e] = fa_finite ? fa * q : (q == 0.0f ? 0.0f : q * fa);
+        // q_j ('bucket': q_j/q_t; the ids' values, possibly inf, are overwritten below)
+        const float q = notail ? 0.0f : expf((x[e] - tshift) * inv_t) * inv_ts;
+        g[e] = fa_finite ? fa * q : (q == 0.0f && (TAIL != kBucket || fa == fa) ? 0.0f : q * fa);
       }
     }
     store8(grow, a.g_dtype, c * kChunk8, nv, gvec, g);

@@ -199,7 +199,6 @@ export function sparseRowLoss(
     const tailZ: number[] = [];
     for (let m = 0; m < V; m++) if (!isId[m]) tailZ.push(z[m]!);
     const logQt = logsumexp(tailZ, T) - logsumexp(z, T); // −inf when no tail
-    const qt = Math.exp(logQt);
     let loss = 0;
     let S = 0;
     for (let j = 0; j < k; j++) {
@@ -209,8 +208,14 @@ export function sparseRowLoss(
     }
     S += pt;
     if (pt !== 0) loss += pt * (logPt - logQt);
-    const tailFactor = pt === 0 ? 0 : pt / qt; // p_t / q_t (inf if q_t = 0 < p_t: infinite loss)
-    for (let m = 0; m < V; m++) grad[m] = isId[m] ? (q[m]! * S) / T : q[m] === 0 ? 0 : (q[m]! * (S - tailFactor)) / T;
+    // Off the ids q_m (S − p_t/q_t) = q_m S − p_t (q_m/q_t), with q_m/q_t = e^{log q_m − log q_t}
+    // (≤ 1): q_m and q_t may both be below float64's range while their ratio is O(1).
+    // q_m = 0 exactly (z_m = −inf) gives 0; q_t = 0 < p_t only when every off-id q_m is 0.
+    for (let m = 0; m < V; m++) {
+      if (isId[m]) grad[m] = (q[m]! * S) / T;
+      else if (logq[m] === -Infinity) grad[m] = 0;
+      else grad[m] = (q[m]! * S - (pt === 0 ? 0 : pt * Math.exp(logq[m]! - logQt))) / T;
+    }
     for (let j = 0; j < k; j++) grad[ids[j]!] -= Math.exp(values[j]!) / T;
     return { loss, grad };
   }
