@@ -41,8 +41,13 @@
 // conversion where the CPU has it. Rows are handed out in runs (row_grain) so that a
 // thread prefetches the first blocks of its next row while it finishes this one.
 // Measured (512 x 32000, f32, 2 threads, this repo's 2-core EPYC): forward KL fwd+bwd
-// ~1.5x the triad time over the same bytes (~2/3 of the memory floor), jsd ~1.5x
-// forward KL, bf16 ~ f32 elements/s.
+// ~1.5x the triad time over the same bytes (~2/3 of the memory floor); jsd ~1.4x forward
+// KL (bench medians 1.37-1.43); bf16 1.1-1.25x f32 elements/s. Both dtypes are compute-
+// bound there (pass A's two exps per element dominate), so bf16's halved bytes buy little
+// and its widening costs count: at AVX-512 bf16 blocks are widened with one vpermw (row.h
+// load16), their block max is taken on even/odd lanes without widening (row.h
+// max_block), and pass B of bf16 forward KL (fkl_block_bf16) and of jsd (jsd_block16) is
+// in intrinsics with the row sums in registers.
 //
 // Determinism: every row sum is taken in fixed lanes (kCpuLanes x kCpuRowChains) per
 // block and a fixed tree, then over blocks in double, and the scalar loss is reduced in
@@ -180,6 +185,150 @@ KD_ROW_INLINE void gdiv_grad_block(const float* __restrict eq, const float* __re
   }
 }
 
+#if defined(KD_ISA_avx512)
+// jsd at AVX-512: pass B in intrinsics. The same formulas, in the same operation order
+// and FMA contractions as gdiv_block (and log_normal_f), so g_j, G and the gradient are
+// bit-identical to the generic loop's, and D equal up to its regrouping (below, a few ulp
+// of the row's D); what changes is the work around them:
+//   - the two row sums stay in registers, in sum_block's lanes (element j of the block to
+//     lane j % kSumLanes, full lane groups first, then the tail lane by lane, then the
+//     same tree), instead of two term rows stored and summed in two more sweeps;
+//   - D's per-element weighting beta A_j + (1 - beta) G_j is taken per block from the two
+//     sums (A = sum p (lp - lm), G = sum q (lq - lm)), one FMA and one multiply fewer per
+//     element;
+//   - the mixture clamp is one max (a NaN passes, as in the select).
+// Pass C stays the generic loop into an L1 block copied out by stream_bytes: writing the
+// gradient with streaming stores straight from the loop measured slower (jsd/forward KL
+// 1.52 against 1.46, 1 thread).
+// Measured (512 x 32000 f32, 1 thread, CPU time, same process, A/B by a run-time switch):
+// jsd / forward KL 1.455 -> 1.387.
+using row::load16;
+#define KD_ROW_INLINE_LAMBDA __attribute__((always_inline))
+KD_ROW_INLINE __m512 log_normal16(__m512 x) {  // log_normal_f on 16 lanes
+  const __m512i ix = _mm512_add_epi32(_mm512_castps_si512(x), _mm512_set1_epi32(0x3f800000 - 0x3f3504f3));
+  const __m512 kf = _mm512_maskz_cvtepi32_ps(kAll16, _mm512_sub_epi32(_mm512_maskz_srli_epi32(kAll16, ix, 23), _mm512_set1_epi32(0x7f)));
+  const __m512 f = _mm512_sub_ps(
+      _mm512_castsi512_ps(_mm512_add_epi32(_mm512_and_si512(ix, _mm512_set1_epi32(0x007fffff)), _mm512_set1_epi32(0x3f3504f3))),
+      _mm512_set1_ps(1.0f));
+  __m512 y = _mm512_set1_ps(-1.0082233e-1f);
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.6180466e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.7243253e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.9906887e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-2.4971227e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(3.3334714e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-5.0000320e-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(f, f), f);
+  return _mm512_add_ps(_mm512_fmadd_ps(kf, _mm512_set1_ps(0.693147182464599609375f), y), _mm512_sub_ps(x, x));
+}
+KD_ROW_INLINE __m512 mul0_16(__m512 x, __m512 y) {  // mul0: x == 0 ? 0 : x * y
+  return _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_NEQ_UQ), x, y);
+}
+template <bool UNIT>
+KD_ROW_INLINE __m512 log_softmax16(__m512 x, __m512 m, __m512 it, __m512 ls) {
+  if constexpr (UNIT) return _mm512_sub_ps(_mm512_sub_ps(x, m), ls);
+  else return _mm512_fmsub_ps(_mm512_sub_ps(x, m), it, ls);
+}
+constexpr __mmask16 kAll = 0xffff;
+KD_ROW_INLINE __mmask16 tail_mask(int64_t at, int64_t n) {
+  return at + 16 <= n ? kAll : at >= n ? __mmask16(0) : __mmask16((1u << (n - at)) - 1u);
+}
+
+// Pass B of jsd over one block: returns A = sum_j mul0(p_j, lp_j - lm_j) and sets
+// *gsum = G = sum_j mul0(q_j, lq_j - lm_j) = KL(q||m) over the block; (KEEP_G) g_j =
+// lq_j - lm_j stored over e_p. The block's D is beta A + (1 - beta) G (the caller, in
+// double): the per-element beta / (1 - beta) weighting of div_term moved out of the loop.
+template <bool KEEP_G, bool UNIT, class Z, class T>
+KD_ROW_INLINE float jsd_block16(const Z* __restrict z, const T* __restrict t, const float* __restrict eq,
+                                float* __restrict ep, int64_t n, float cq, float cp, const RowConst& k, float* gsum) {
+  const __m512 vcq = _mm512_set1_ps(cq), vcp = _mm512_set1_ps(cp), mq = _mm512_set1_ps(k.mq),
+               lsq = _mm512_set1_ps(k.lsq), mp = _mm512_set1_ps(k.mp), lsp = _mm512_set1_ps(k.lsp),
+               it = _mm512_set1_ps(k.inv_t), beta = _mm512_set1_ps(k.beta), omb = _mm512_set1_ps(1.0f - k.beta),
+               tiny = _mm512_set1_ps(kTinyMixture);
+  __m512 at[kVecs], ag[kVecs];
+  for (int v = 0; v < kVecs; ++v) at[v] = ag[v] = _mm512_setzero_ps();
+  auto step = [&](int64_t j, int v, __mmask16 msk, auto tail) KD_ROW_INLINE_LAMBDA {
+    __m512 zz, tt, eqv, epv;
+    if constexpr (tail()) {
+      zz = load16(z + j, msk), tt = load16(t + j, msk);
+      eqv = _mm512_maskz_loadu_ps(msk, eq + j), epv = _mm512_maskz_loadu_ps(msk, ep + j);
+    } else {
+      zz = load16(z + j), tt = load16(t + j), eqv = _mm512_loadu_ps(eq + j), epv = _mm512_loadu_ps(ep + j);
+    }
+    const __m512 q = _mm512_mul_ps(eqv, vcq), p = _mm512_mul_ps(epv, vcp);
+    const __m512 lq = log_softmax16<UNIT>(zz, mq, it, lsq), lp = log_softmax16<UNIT>(tt, mp, it, lsp);
+    const __m512 m = _mm512_maskz_max_ps(0xffff, tiny, _mm512_fmadd_ps(p, beta, _mm512_mul_ps(q, omb)));  // tiny > m ? tiny : m
+    const __m512 lm = _mm512_mask_mov_ps(lq, _mm512_cmp_ps_mask(lq, lp, _CMP_NEQ_UQ), log_normal16(m));
+    const __m512 g = _mm512_sub_ps(lq, lm);
+    const __m512 qg = mul0_16(q, g);
+    const __m512 pa = mul0_16(p, _mm512_sub_ps(lp, lm));
+    if constexpr (tail()) {
+      at[v] = _mm512_mask_add_ps(at[v], msk, at[v], pa);
+      ag[v] = _mm512_mask_add_ps(ag[v], msk, ag[v], qg);
+      if constexpr (KEEP_G) _mm512_mask_storeu_ps(ep + j, msk, g);
+    } else {
+      at[v] = _mm512_add_ps(at[v], pa);
+      ag[v] = _mm512_add_ps(ag[v], qg);
+      if constexpr (KEEP_G) _mm512_storeu_ps(ep + j, g);
+    }
+  };
+  int64_t j = 0;
+  for (; j + kSumLanes <= n; j += kSumLanes) {
+#pragma GCC unroll 4
+    for (int v = 0; v < kVecs; ++v) step(j + v * 16, v, kAll, std::false_type{});
+  }
+#pragma GCC unroll 4
+  for (int v = 0; v < kVecs; ++v)
+    if (j + v * 16 < n) step(j + v * 16, v, tail_mask(j + v * 16, n), std::true_type{});
+  float b[kSumLanes];
+  std::memcpy(b, ag, sizeof b);
+  *gsum = lane_tree_sum(b);
+  std::memcpy(b, at, sizeof b);
+  return lane_tree_sum(b);
+}
+
+// Forward KL pass B over one block of bf16 student and teacher rows (fkl_block, f32
+// gradient out): the rows widened by load16's vpermw instead of GCC's vpmovzxwd + vpslld
+// (+ vextracti64x4) per 16, and D's block sum kept in registers in sum_block's lanes.
+// Same per-element formulas and contractions as fkl_block, so the same values.
+template <bool WITH_G, bool UNIT>
+KD_ROW_INLINE float fkl_block_bf16(const uint16_t* __restrict z, const uint16_t* __restrict t,
+                                   const float* __restrict eq, const float* __restrict ep, int64_t n, float cq, float cp,
+                                   const RowConst& k, float a1, float sum_p, float* __restrict g) {
+  const __m512 vcqs = _mm512_set1_ps(cq * sum_p), vcp = _mm512_set1_ps(cp), mq = _mm512_set1_ps(k.mq),
+               lsq = _mm512_set1_ps(k.lsq), mp = _mm512_set1_ps(k.mp), lsp = _mm512_set1_ps(k.lsp),
+               it = _mm512_set1_ps(k.inv_t), va1 = _mm512_set1_ps(a1);
+  __m512 acc[kVecs];
+  for (int v = 0; v < kVecs; ++v) acc[v] = _mm512_setzero_ps();
+  auto step = [&](int64_t j, int v, __mmask16 msk, auto tail) KD_ROW_INLINE_LAMBDA {
+    __m512 zz, tt, epv;
+    if constexpr (tail()) zz = load16(z + j, msk), tt = load16(t + j, msk), epv = _mm512_maskz_loadu_ps(msk, ep + j);
+    else zz = load16(z + j), tt = load16(t + j), epv = _mm512_loadu_ps(ep + j);
+    const __m512 p = _mm512_mul_ps(epv, vcp);
+    const __m512 lq = log_softmax16<UNIT>(zz, mq, it, lsq), lp = log_softmax16<UNIT>(tt, mp, it, lsp);
+    const __m512 tm = mul0_16(p, _mm512_sub_ps(lp, lq));
+    if constexpr (tail()) {
+      acc[v] = _mm512_mask_add_ps(acc[v], msk, acc[v], tm);
+      if constexpr (WITH_G)
+        _mm512_mask_storeu_ps(g + j, msk, _mm512_mul_ps(va1, _mm512_fmsub_ps(_mm512_maskz_loadu_ps(msk, eq + j), vcqs, p)));
+    } else {
+      acc[v] = _mm512_add_ps(acc[v], tm);
+      if constexpr (WITH_G) _mm512_storeu_ps(g + j, _mm512_mul_ps(va1, _mm512_fmsub_ps(_mm512_loadu_ps(eq + j), vcqs, p)));
+    }
+  };
+  int64_t j = 0;
+  for (; j + kSumLanes <= n; j += kSumLanes) {
+#pragma GCC unroll 4
+    for (int v = 0; v < kVecs; ++v) step(j + v * 16, v, kAll, std::false_type{});
+  }
+#pragma GCC unroll 4
+  for (int v = 0; v < kVecs; ++v)
+    if (j + v * 16 < n) step(j + v * 16, v, tail_mask(j + v * 16, n), std::true_type{});
+  float b[kSumLanes];
+  std::memcpy(b, acc, sizeof b);
+  return lane_tree_sum(b);
+}
+#endif
+
 template <int DIV, bool GRAD>
 void row_kernel(const Plan& P, int64_t i, int64_t next, Scratch& S) {
   const DivergenceArgs& a = *P.a;
@@ -298,6 +447,9 @@ void row_kernel(const Plan& P, int64_t i, int64_t next, Scratch& S) {
     if (g != S.gbuf) return;
     if (!P.stream) return store_block(g, n, a.g_dtype, grow, off);
     if (g_f32) return stream_bytes(g, n * 4, static_cast<float*>(grow) + off);
+    // (bf16: converted into an L1 block, then streamed out. Measured slower: converting
+    // straight into streaming stores, bf16_from_f32_hw's loop with _mm512_stream_si512,
+    // bf16/f32 elem/s 0.85-0.96 against 0.99-1.03; a copy loop streams better.)
     store_block(g, n, a.g_dtype, S.hbuf, 0);
     stream_bytes(S.hbuf, n * 2, static_cast<uint16_t*>(grow) + off);
   };
@@ -319,14 +471,27 @@ void row_kernel(const Plan& P, int64_t i, int64_t next, Scratch& S) {
       const float cq = blk[kQScale][b], cp = blk[kPScale][b];
       float* gb = g32(true, off);
       uint16_t* hb = g_b16 ? g16(true, off) : nullptr;
+      bool summed = false;
       with_blocks(zrow, a.s_dtype, trow, a.t_dtype, off, n, S, [&](const auto* z, const auto* t) {
         with_unit(inv_t, [&](auto unit) {
+#if defined(KD_ISA_avx512)
+          using ZT = std::remove_cv_t<std::remove_pointer_t<decltype(z)>>;
+          using TT = std::remove_cv_t<std::remove_pointer_t<decltype(t)>>;
+          if constexpr (std::is_same_v<ZT, uint16_t> && std::is_same_v<TT, uint16_t>) {
+            if (!g_b16) {
+              L += double(div_grad_on ? fkl_block_bf16<true, unit()>(z, t, eq + off, ep + off, n, cq, cp, rc, a1, sum_p, gb)
+                                      : fkl_block_bf16<false, unit()>(z, t, eq + off, ep + off, n, cq, cp, rc, a1, sum_p, gb));
+              summed = true;
+              return;
+            }
+          }
+#endif
           if (g_b16) fkl_block<true, unit()>(z, t, eq + off, ep + off, n, cq, cp, rc, a1, sum_p, S.tmp[0], hb);
           else if (div_grad_on) fkl_block<true, unit()>(z, t, eq + off, ep + off, n, cq, cp, rc, a1, sum_p, S.tmp[0], gb);
           else fkl_block<false, unit()>(z, t, eq + off, ep + off, n, cq, cp, rc, a1, sum_p, S.tmp[0], gb);
         });
       });
-      L += double(sum_block(S.tmp[0], n));
+      if (!summed) L += double(sum_block(S.tmp[0], n));
       if (g_b16) {
         flush16(hb, off, n);
       } else if (GRAD) {
@@ -344,12 +509,25 @@ void row_kernel(const Plan& P, int64_t i, int64_t next, Scratch& S) {
       with_blocks(zrow, a.s_dtype, trow, a.t_dtype, off, n, S, [&](const auto* z, const auto* t) {
         with_unit(inv_t, [&](auto unit) {
           const float cq = blk[kQScale][b], cp = blk[kPScale][b];
+#if defined(KD_ISA_avx512)
+          if constexpr (DIV == kJsd) {
+            float gs = 0.0f;
+            const float pa = div_grad_on ? jsd_block16<true, unit()>(z, t, eq + off, ep + off, n, cq, cp, rc, &gs)
+                                         : jsd_block16<false, unit()>(z, t, eq + off, ep + off, n, cq, cp, rc, &gs);
+            L += double(P.beta) * double(pa) + (1.0 - double(P.beta)) * double(gs);
+            G += double(gs);
+            return;
+          }
+#endif
           if (div_grad_on)
             gdiv_block<DIV, true, unit()>(z, t, eq + off, ep + off, n, cq, cp, rc, S.tmp[0], S.tmp[1]);
           else
             gdiv_block<DIV, false, unit()>(z, t, eq + off, ep + off, n, cq, cp, rc, S.tmp[0], S.tmp[1]);
         });
       });
+#if defined(KD_ISA_avx512)
+      if constexpr (DIV == kJsd) continue;  // summed in jsd_block16
+#endif
       L += double(sum_block(S.tmp[0], n));
       if (div_grad_on) G += double(sum_block(S.tmp[1], n));
     }

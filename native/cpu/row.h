@@ -245,6 +245,36 @@ KD_ROW_INLINE float max_block(const X* x, int64_t n) {
   return m;
 }
 
+#if defined(KD_ISA_avx512)
+// The bf16 block max at AVX-512: 32 values per 64-byte load, split into the even
+// elements (x << 16) and the odd ones (x & 0xffff0000), each already an f32 in its 32-bit
+// lane: two integer ops per 32 values instead of two widenings (vpmovzxwd + vpslld) per
+// 16. A max is exact in any order, so the lane split changes nothing but the sign of a
+// zero maximum, which no later step can see (block_shift(+-0) gives the same shifted
+// values, exp(+-0) = 1). Same NaN rule as above: a NaN never replaces the running max.
+KD_ROW_INLINE float max_block(const uint16_t* x, int64_t n) {
+  __m512 m0 = _mm512_set1_ps(-kInf), m1 = m0;
+  const __m512i hi = _mm512_set1_epi32(int32_t(0xffff0000u));
+  int64_t j = 0;
+  for (; j + 32 <= n; j += 32) {
+    const __m512i w = _mm512_loadu_si512(x + j);
+    // max_ps(v, m): v > m ? v : m (a NaN v keeps m)
+    m0 = _mm512_maskz_max_ps(0xffff, _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, w, 16)), m0);
+    m1 = _mm512_maskz_max_ps(0xffff, _mm512_castsi512_ps(_mm512_and_si512(w, hi)), m1);
+  }
+  m0 = _mm512_maskz_max_ps(0xffff, m1, m0);
+  float b[16];
+  std::memcpy(b, &m0, sizeof b);
+  float m = b[0];
+  for (int l = 1; l < 16; ++l) m = b[l] > m ? b[l] : m;
+  for (; j < n; ++j) {
+    const float xl = ldf(x, j);
+    m = xl > m ? xl : m;
+  }
+  return m;
+}
+#endif
+
 // sum_j (x_j - shift): the row mean relative to the max (label smoothing's mean(z)).
 template <class X>
 KD_ROW_INLINE float centered_sum(const X* x, int64_t n, float shift) {
@@ -538,9 +568,14 @@ KD_ROW_INLINE void exp_chunk(const X* __restrict x, int64_t n, float shift, floa
 constexpr __mmask16 kAll16 = 0xffff;
 // 16 values; lanes outside `m` read as -inf, so their exp is 0.
 KD_ROW_INLINE __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+// 16 bf16 widened in one vpermw: word i goes to the high half of dword i (odd word slots,
+// the even ones zeroed by the mask), which is the f32 value. Measured (forward KL bf16,
+// 512 x 32000, 1 thread, CPU time): ~1.5% less than vpmovzxwd + vpslld.
 KD_ROW_INLINE __m512 load16(const uint16_t* p) {
-  const __m512i w = _mm512_maskz_cvtepu16_epi32(kAll16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(kAll16, w, 16));
+  const __m512i idx = _mm512_set_epi16(15, 0, 14, 0, 13, 0, 12, 0, 11, 0, 10, 0, 9, 0, 8, 0, 7, 0, 6, 0, 5, 0, 4, 0, 3, 0, 2,
+                                       0, 1, 0, 0, 0);
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, idx, _mm512_castsi256_si512(h)));
 }
 KD_ROW_INLINE __m512 load16(const float* p, __mmask16 m) { return _mm512_mask_loadu_ps(_mm512_set1_ps(-kInf), m, p); }
 KD_ROW_INLINE __m512 load16(const uint16_t* p, __mmask16 m) {
