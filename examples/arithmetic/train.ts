@@ -105,7 +105,7 @@ async function main(): Promise<void> {
 function sourceRevision(): string {
   const git = (args: string[]) => execFileSync('git', args, { cwd: fileURLToPath(new URL('.', import.meta.url)), encoding: 'utf8' }).trim();
   try {
-    const dirty = git(['status', '--porcelain', '--untracked-files=no']) !== '';
+    const dirty = git(['status', '--porcelain', '--untracked-files=no', '--', ':/', ':(top,exclude)examples/arithmetic/results']) !== ''; // outputs don't count
     return `commit ${git(['rev-parse', 'HEAD'])}${dirty ? ' plus uncommitted changes' : ''}`;
   } catch {
     return 'unknown (not a git checkout)';
