@@ -618,7 +618,9 @@ if (contenderKinds.has('torch') && cudaGroups.length > 0) {
           }
           const stats: Stats = statsOf(j.ms);
           const el = j.N * j.V;
-          const bytes = 3 * el * (j.dtype === 'f32' ? 4 : 2);
+          // Bytes an ideal pass moves: loss + gradient read two rows and write one; topk
+          // reads one (its outputs are N·k, negligible).
+          const bytes = (j.op === 'topk' ? 1 : 3) * el * (j.dtype === 'f32' ? 4 : 2);
           contenders.push({ contender: j.contender, op: j.op, device: 'cuda', dtype: j.dtype, N: j.N, V: j.V, elements: el, bytes, stats, elemsPerS: el / (stats.median / 1000), gbps: bytes / (stats.median * 1e6), note: 'own data, same distribution' });
         } catch {
           /* not ours */

@@ -17,8 +17,9 @@ export const ops: OpSpec[] = [
     suite: 'topk',
     dtypes: ['f32', 'bf16'],
     unavailable: () => (optionalExport<TopkFn>('topk') ? undefined : 'topk is not exported by lib/index.ts in this build'),
-    // A size-k min-heap partial sort with the tail summed in the same pass (js_loop.ts).
-    contenders: { js: 'topk' },
+    // A size-k min-heap partial sort with the tail summed in the same pass (js_loop.ts);
+    // on CUDA, torch.topk + logsumexp (bench/contenders/torch_bench.py).
+    contenders: { js: 'topk', torch: 'topk' },
     traffic: ({ N, V }, dt) => ({ read: N * V * DTYPE_BYTES[dt], written: N * Math.min(TOPK_K, V) * 8 + 4 * N }),
     make(d: CaseData) {
       const topk = optionalExport<TopkFn>('topk')!;

@@ -2,8 +2,9 @@
 """PyTorch contender for the kd-kernels benchmark (optional; CUDA machines with torch).
 
 What a Python KD trainer runs today: the same losses written with torch ops, forward +
-backward (autograd), eager and under torch.compile, at the shapes and dtypes the
-benchmark runs. bench/run.ts calls this on CUDA runs when python3 has CUDA-enabled torch;
+backward (autograd), eager and under torch.compile, and the top-k extraction of an
+offline teacher store (torch.topk + logsumexp, eager, forward only), at the shapes and
+dtypes the benchmark runs. bench/run.ts calls this on CUDA runs when python3 has CUDA-enabled torch;
 it can also be run alone:
 
     python3 bench/contenders/torch_bench.py --ops forward-kl,jsd --shapes 512x32000 --dtypes f32,bf16
@@ -78,6 +79,19 @@ def main():
         return (BETA * kl_t + (1 - BETA) * kl_s).sum() / s.shape[0]
 
     losses = {"forward-kl": fkl, "reverse-kl": rkl, "jsd": jsd}
+
+    TOPK_K = 64  # bench/topk.bench.ts TOPK_K
+
+    def topk(t):
+        # What a Python pipeline runs to store a teacher's top-k: log-probs of the top k
+        # (torch.topk, sorted) and the log of the mass outside them (no log(1 - x)
+        # cancellation: expm1). Forward only, as the library's topk.
+        x = t.float()
+        lse = torch.logsumexp(x, dim=-1, keepdim=True)
+        v, i = torch.topk(x, min(TOPK_K, x.shape[-1]), dim=-1, largest=True, sorted=True)
+        lv = v - lse
+        tail = torch.log(-torch.expm1(torch.logsumexp(lv, dim=-1)))
+        return lv, i, tail
     dtypes = {"f32": torch.float32, "bf16": torch.bfloat16}
     gen = torch.Generator(device=dev)
     gen.manual_seed(args.seed)
@@ -138,6 +152,15 @@ def main():
                   "ms": timed(lambda: torch.add(s0, t, out=c))})
             del c
             for op in args.ops.split(","):
+                if op == "topk":
+                    try:
+                        ms = timed(lambda: topk(t))
+                        with torch.no_grad():
+                            value = float(topk(t)[2].sum())
+                        emit({"contender": "torch-eager", "op": op, "N": N, "V": V, "dtype": dname, "ms": ms, "loss": value})
+                    except Exception as e:  # noqa: BLE001
+                        emit({"note": f"torch-eager topk {shape} {dname}: failed: {str(e).splitlines()[0]}"})
+                    continue
                 fn = losses.get(op)
                 if fn is None:
                     emit({"note": f"{op}: no torch contender"})
