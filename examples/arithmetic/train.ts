@@ -5,7 +5,8 @@
  *   npm run example:arithmetic                       # the full run (~10-15 min)
  *   npm run example:arithmetic -- --seed 2 --steps 400 --methods ce,fkl,onpolicy
  *   flags: --quick --seed N --steps N (student steps) --teacher-steps N
- *          --methods a,b,... --ops + | - | +- --digits D --temperature T --out DIR
+ *          --methods a,b,... --ops + | - | +- --digits D --temperature T
+ *          --hard-weight W --soft-weight W (KD methods' CE and KD weights) --out DIR
  *
  * Prints the results table and writes it to examples/arithmetic/results/{quick,full}.md
  * (and .json). See README.md next to this file.
@@ -60,6 +61,8 @@ async function main(): Promise<void> {
       methods: { type: 'string' },
       ops: { type: 'string' },
       temperature: { type: 'string' },
+      'hard-weight': { type: 'string' },
+      'soft-weight': { type: 'string' },
       digits: { type: 'string' },
       out: { type: 'string' },
     },
@@ -74,6 +77,13 @@ async function main(): Promise<void> {
   if (values.seed !== undefined) cfg.seed = int('seed', values.seed);
   if (values.steps !== undefined) cfg.studentSteps = int('steps', values.steps);
   if (values['teacher-steps'] !== undefined) cfg.teacherSteps = int('teacher-steps', values['teacher-steps']);
+  for (const [flag, key] of [['hard-weight', 'hardWeight'], ['soft-weight', 'softWeight']] as const) {
+    const v = values[flag];
+    if (v === undefined) continue;
+    const w = Number(v);
+    if (!(w > 0 && Number.isFinite(w))) throw new Error(`--${flag} expects a number > 0, got '${v}'`);
+    cfg[key] = w;
+  }
   if (values.temperature !== undefined) {
     const T = Number(values.temperature);
     if (!(T > 0 && Number.isFinite(T))) throw new Error(`--temperature expects a number > 0, got '${values.temperature}'`);
