@@ -49,6 +49,30 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 KD_ROW_INLINE uint32_t fbits(float f) { return __builtin_bit_cast(uint32_t, f); }
 KD_ROW_INLINE float bitsf(uint32_t u) { return __builtin_bit_cast(float, u); }
 
+// Fixed-lane helpers for the kernels with one accumulator group (topk, sampleTeacher,
+// sparseKlDiv): lane l takes the elements j with j % kLanes == l, and lanes meet in a
+// fixed tree, so a sum's order depends only on n (bitwise deterministic). The divergence
+// engine's wider accumulators are below (kSumLanes).
+constexpr int kLanes = tuning::kCpuLanes;
+template <class F>
+KD_ROW_INLINE void for_lanes(int64_t n, F&& f) {
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) f(j + l, l);
+  for (int l = 0; j + l < n; ++l) f(j + l, l);
+}
+KD_ROW_INLINE float lane_sum(float* b) {
+#pragma GCC unroll 4
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) b[l] += b[l + w];
+  return b[0];
+}
+KD_ROW_INLINE float lane_max(float* b) {
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) b[l] = b[l + w] > b[l] ? b[l + w] : b[l];
+  return b[0];
+}
+
 // ---------------------------------------------------------------------------------
 // exp and log: branchless, vectorisable, < 1.2 ulp (measured over all f32 inputs of
 // [-86, 88.72] for exp and every 97th positive f32 for log, at every ISA level)

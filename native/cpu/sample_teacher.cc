@@ -27,6 +27,9 @@
 namespace kd::cpu::KD_ISA {
 namespace {
 
+using row::for_lanes;
+using row::kLanes;
+using row::lane_sum;
 using row::exp_f;
 using row::kBlock;
 using row::kInf;
@@ -34,20 +37,6 @@ using row::kNaN;
 using row::load_block;
 using row::row_ptr;
 
-// Private fixed-lane helpers: lane l takes the elements j with j % kLanes == l.
-constexpr int kLanes = tuning::kCpuLanes;
-template <class F>
-KD_ROW_INLINE void for_lanes(int64_t n, F&& f) {
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) f(j + l, l);
-  for (int l = 0; j + l < n; ++l) f(j + l, l);
-}
-KD_ROW_INLINE float lane_sum(float* b) {
-  for (int w = kLanes / 2; w >= 1; w /= 2)
-    for (int l = 0; l < w; ++l) b[l] += b[l + w];
-  return b[0];
-}
 
 constexpr int64_t kChunk = tuning::kSampleChunk;
 static_assert(kChunk % kBlock == 0 || kBlock % kChunk == 0, "chunks and blocks must nest");

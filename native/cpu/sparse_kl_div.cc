@@ -39,6 +39,10 @@
 namespace kd::cpu::KD_ISA {
 namespace {
 
+using row::for_lanes;
+using row::kLanes;
+using row::lane_max;
+using row::lane_sum;
 using row::exp_f;
 using row::kBlock;
 using row::kInf;
@@ -47,28 +51,12 @@ using row::row_ptr;
 using row::store_block;
 using row::zero_row;
 
-// Private fixed-lane helpers: lane l takes the elements j with j % kLanes == l; lanes
-// meet in a fixed tree, blocks in double in order (bitwise deterministic).
-constexpr int kLanes = tuning::kCpuLanes;
-template <class F>
-KD_ROW_INLINE void for_lanes(int64_t n, F&& f) {
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) f(j + l, l);
-  for (int l = 0; j + l < n; ++l) f(j + l, l);
-}
-KD_ROW_INLINE float lane_sum(float* b) {
-  for (int w = kLanes / 2; w >= 1; w /= 2)
-    for (int l = 0; l < w; ++l) b[l] += b[l + w];
-  return b[0];
-}
+// Blocks meet in double, in order (bitwise deterministic).
 KD_ROW_INLINE float block_max(const float* __restrict x, int64_t n) {
   float mx[kLanes];
   for (int l = 0; l < kLanes; ++l) mx[l] = -kInf;
   for_lanes(n, [&](int64_t j, int l) { mx[l] = x[j] > mx[l] ? x[j] : mx[l]; });
-  for (int w = kLanes / 2; w >= 1; w /= 2)
-    for (int l = 0; l < w; ++l) mx[l] = mx[l + w] > mx[l] ? mx[l + w] : mx[l];
-  return mx[0];
+  return lane_max(mx);
 }
 // e_j = exp((x_j - shift) * inv_t) stored to e; returns their sum.
 KD_ROW_INLINE float exp_block(const float* __restrict x, int64_t n, float shift, float inv_t, float* __restrict e) {

@@ -62,7 +62,8 @@ enum Blk { kQMax, kQSum, kQD, kQU, kPMax, kPSum, kPD, kPW };
 // Lanes of the block sums: kCpuLanes, i.e. one AVX-512 register (two AVX2, four SSE) per
 // sum. The element work between two adds to one accumulator (two exp) hides the add
 // latency, so more chains would only add register pressure (six sums + the rank count).
-constexpr int kLanes = tuning::kCpuLanes;
+using row::kLanes;
+using row::lane_sum;  // the fixed pairwise tree over kLanes lanes
 static_assert(kLanes % kVecWidth == 0 && (kLanes & (kLanes - 1)) == 0, "lanes: a power of two of whole vectors");
 static_assert(kExpChunk % kLanes == 0, "prefetch chunks hold whole lane groups");
 constexpr int kLaneVecs = kLanes / kVecWidth;
@@ -144,14 +145,6 @@ struct BlockSums {
   int32_t rank;
 };
 
-// Fixed pairwise tree over kLanes lanes.
-KD_ROW_INLINE float tree(float* b) {
-#pragma GCC unroll 4
-  for (int w = kLanes / 2; w >= 1; w /= 2)
-    for (int l = 0; l < w; ++l) b[l] += b[l + w];
-  return b[0];
-}
-
 // One block of n <= kBlock elements of both rows (Z, T: float, or uint16_t for bf16 read
 // in place), shifts shq / shp, a = log2(e) / T, ts the sampled teacher logit (+inf: none).
 // `pf` (two ranges: z and t) is advanced a slice per kExpChunk elements.
@@ -225,12 +218,12 @@ KD_ROW_INLINE BlockSums stats_block(const Z* __restrict z, const T* __restrict t
     r[l] += tl > ts ? 1 : 0;
   }
   BlockSums s;
-  s.sq = tree(b[0]);
-  s.sp = tree(b[1]);
-  s.dq = tree(b[2]);
-  s.dp = tree(b[3]);
-  s.uq = tree(b[4]);
-  s.wp = tree(b[5]);
+  s.sq = lane_sum(b[0]);
+  s.sp = lane_sum(b[1]);
+  s.dq = lane_sum(b[2]);
+  s.dp = lane_sum(b[3]);
+  s.uq = lane_sum(b[4]);
+  s.wp = lane_sum(b[5]);
   int32_t rank = rank_pop;
   for (int l = 0; l < kLanes; ++l) rank += r[l];
   s.rank = rank;

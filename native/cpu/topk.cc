@@ -53,32 +53,16 @@ namespace kd::cpu::KD_ISA {
 namespace {
 
 using row::bitsf;
+using row::for_lanes;
+using row::kLanes;
+using row::lane_max;
+using row::lane_sum;
 using row::fbits;
 using row::kBlock;
 using row::kInf;
 using row::load_block;
 using row::row_ptr;
 
-// Private fixed-lane helpers (row.h's reductions are shaped for the divergence engine):
-// lane l takes the elements j with j % kLanes == l; lanes meet in a fixed tree.
-constexpr int kLanes = tuning::kCpuLanes;
-template <class F>
-KD_ROW_INLINE void for_lanes(int64_t n, F&& f) {
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) f(j + l, l);
-  for (int l = 0; j + l < n; ++l) f(j + l, l);
-}
-KD_ROW_INLINE float lane_sum(float* b) {
-  for (int w = kLanes / 2; w >= 1; w /= 2)
-    for (int l = 0; l < w; ++l) b[l] += b[l + w];
-  return b[0];
-}
-KD_ROW_INLINE float lane_max(float* b) {
-  for (int w = kLanes / 2; w >= 1; w /= 2)
-    for (int l = 0; l < w; ++l) b[l] = b[l + w] > b[l] ? b[l + w] : b[l];
-  return b[0];
-}
 // 2^y for y <= 0: y = n + f, f in [-1/2, 1/2], a degree-5 minimax polynomial for 2^f
 // (relative error < 2.5e-7 evaluated in f32), 2^n added to the exponent bits. y below
 // -126 gives 0 (a term under 2^-126 of the shift: the callers' sums are >= 2^-80, or
