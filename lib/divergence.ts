@@ -17,7 +17,7 @@ export const DIVERGENCES: readonly DivergenceName[] = ['forward-kl', 'reverse-kl
 const DIV_CODE: Record<DivergenceName | 'none', number> = {
   'forward-kl': 0, 'reverse-kl': 1, jsd: 2, tvd: 3, 'skew-forward-kl': 4, 'skew-reverse-kl': 5, none: 6,
 };
-const REDUCTION_CODE: Record<Reduction, number> = { none: 0, sum: 1, mean: 2, batchmean: 3 };
+export const REDUCTION_CODE: Record<Reduction, number> = { none: 0, sum: 1, mean: 2, batchmean: 3 };
 
 /** Options every loss accepts. */
 export interface LossOptions {

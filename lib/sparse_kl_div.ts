@@ -19,8 +19,8 @@
  * reduction, normalizer, grad, gradDtype, gradScale, stream.
  */
 import type { OpArgs, TensorDesc } from '../binding.js';
-import { asRows, flatDesc, resolveGrad, sideInput, type GradOption } from './args.js';
-import type { Reduction } from './divergence.js';
+import { asRows, flatDesc, resolveGrad, sideInput } from './args.js';
+import { REDUCTION_CODE, type LossOptions } from './divergence.js';
 import { KdError, KdRangeError, KdTypeError, describe } from './errors.js';
 import { binding } from './native.js';
 import { Tensor, deviceName, empty, isTensor } from './tensor.js';
@@ -29,7 +29,6 @@ import { expectBool, expectInt, expectNumber, expectOneOf, expectOptions } from 
 export type SparseTail = 'renormalize' | 'bucket' | 'conditional' | 'sampled';
 export const SPARSE_TAILS: readonly SparseTail[] = ['renormalize', 'bucket', 'conditional', 'sampled'];
 const TAIL_CODE: Record<SparseTail, number> = { renormalize: 0, bucket: 1, conditional: 2, sampled: 3 };
-const REDUCTION_CODE: Record<Reduction, number> = { none: 0, sum: 1, mean: 2, batchmean: 3 };
 
 /** The largest number of teacher slots per token (the CUDA kernel sorts a row's slots in shared memory). */
 export const SPARSE_MAX_SLOTS = 4096;
@@ -50,32 +49,12 @@ export interface SparseTeacher {
   weights?: Tensor;
 }
 
-export interface SparseKlDivOptions {
+/** The options of every loss (token selection, reduction, gradient, stream), plus the tail. */
+export interface SparseKlDivOptions extends Omit<LossOptions, 'teacher' | 'checkLabels'> {
   /** Required: what happens to the teacher mass outside the ids (see the module comment). */
   tail: SparseTail;
   /** Student softmax temperature (default 1); the teacher values must be log-probs at the same T. */
   temperature?: number;
-  /** Multiply the loss by T² (default true, Hinton). */
-  scaleByTemperatureSquared?: boolean;
-  /** i32 [N] token labels; tokens equal to ignoreIndex are excluded. */
-  labels?: Tensor | Int32Array;
-  ignoreIndex?: number;
-  /** u8 [N]: 0 excludes a token. */
-  mask?: Tensor | Uint8Array;
-  /** f32 [N]: per-token loss weights. */
-  weights?: Tensor | Float32Array;
-  /** Default 'batchmean' = sum over selected tokens / their count; 'mean' also divides by V. */
-  reduction?: Reduction;
-  /** Replaces the divisor of the reduction (TRL's num_items_in_batch). */
-  normalizer?: number;
-  /** true (new tensor, default), false, 'inplace' (overwrite the student), or a Tensor. */
-  grad?: GradOption;
-  /** Gradient dtype: the student's ('input', default) or 'f32'. */
-  gradDtype?: 'f32' | 'input';
-  /** Multiplies the gradient (the upstream gradient; default 1). */
-  gradScale?: number;
-  /** CUDA: the caller's stream (cudaStream_t as bigint). */
-  stream?: bigint;
   /**
    * Check that the teacher ids lie in [0, V) and (except for 'sampled') are distinct per
    * token (default true). CUDA: copies the ids to the host (a sync); with false, an id
