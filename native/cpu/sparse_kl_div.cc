@@ -29,6 +29,7 @@
 #include <cmath>
 #include <vector>
 
+#include "common/arg_checks.h"
 #include "common/select.h"
 #include "common/sparse_kl_div.h"
 #include "common/tuning.h"
@@ -350,13 +351,6 @@ void row_kernel(const Plan& P, int64_t i, Scratch& S, SlotScratch& T) {
     store_block(gb, n, a.g_dtype, grow, off);
   }
 }
-
-struct Span { uintptr_t lo, hi; };
-Span span(const void* p, int32_t dt, int64_t n, int64_t ld, int64_t v) {
-  uintptr_t lo = reinterpret_cast<uintptr_t>(p);
-  return {lo, lo + uintptr_t(((n - 1) * ld + v) * dtype_size(dt))};
-}
-bool overlap(Span x, Span y) { return x.lo < y.hi && y.lo < x.hi; }
 
 }  // namespace
 
