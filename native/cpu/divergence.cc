@@ -648,15 +648,7 @@ Status divergence(const DivergenceArgs& a) {
   else parallel_for(a.n, row_grain(a.n), run_rows);
   if (nomem.load()) return make_status(kNoMem, "divergence: out of memory for scratch rows");
 
-  if (a.loss) {
-    if (a.reduction == kNone) {
-      for (int64_t i = 0; i < a.n; ++i) a.loss[i] = rowtot[size_t(i)];
-    } else {
-      double s = 0.0;
-      for (int64_t i = 0; i < a.n; ++i) s += double(rowtot[size_t(i)]);
-      *a.loss = divisor > 0.0 ? float(s / divisor) : 0.0f;
-    }
-  }
+  if (a.loss) write_loss(rowtot.data(), a.n, a.reduction == kNone, divisor, a.loss);
   return ok_status();
 }
 

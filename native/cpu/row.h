@@ -73,6 +73,19 @@ KD_ROW_INLINE float lane_max(float* b) {
   return b[0];
 }
 
+// The loss out of the per-row totals: per token (reduction 'none'), or their sum in
+// double, in row order (deterministic), divided by the reduction's divisor (0 when no
+// token is selected: loss 0).
+inline void write_loss(const float* rowtot, int64_t n, bool per_token, double divisor, float* loss) {
+  if (per_token) {
+    for (int64_t i = 0; i < n; ++i) loss[i] = rowtot[i];
+    return;
+  }
+  double s = 0.0;
+  for (int64_t i = 0; i < n; ++i) s += double(rowtot[i]);
+  *loss = divisor > 0.0 ? float(s / divisor) : 0.0f;
+}
+
 // ---------------------------------------------------------------------------------
 // exp and log: branchless, vectorisable, < 1.2 ulp (measured over all f32 inputs of
 // [-86, 88.72] for exp and every 97th positive f32 for log, at every ISA level)

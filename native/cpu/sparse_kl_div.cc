@@ -50,6 +50,7 @@ using row::kInf;
 using row::load_block;
 using row::row_ptr;
 using row::store_block;
+using row::write_loss;
 using row::zero_row;
 
 // Blocks meet in double, in order (bitwise deterministic).
@@ -409,15 +410,7 @@ Status sparse_kl_div(const SparseKlDivArgs& a) {
   else parallel_for(a.n, tuning::kCpuRowGrain, run_rows);
   if (nomem.load()) return make_status(kNoMem, "sparseKlDiv: out of memory for scratch rows");
 
-  if (a.loss) {
-    if (a.reduction == kNone) {
-      for (int64_t i = 0; i < a.n; ++i) a.loss[i] = rowtot[size_t(i)];
-    } else {
-      double s = 0.0;
-      for (int64_t i = 0; i < a.n; ++i) s += double(rowtot[size_t(i)]);
-      *a.loss = divisor > 0.0 ? float(s / divisor) : 0.0f;
-    }
-  }
+  if (a.loss) write_loss(rowtot.data(), a.n, a.reduction == kNone, divisor, a.loss);
   return ok_status();
 }
 
