@@ -10,6 +10,7 @@ export type KdErrorCode =
   | 'KD_ERANGE' // an index (label, sampled id, token id) out of range
   | 'KD_EDEVICE' // CUDA unavailable, a missing device, or tensors on different devices
   | 'KD_ECUDA' // an error reported by the CUDA runtime
+  | 'KD_EWEBGPU' // an error reported by WebGPU (validation, a failed readback)
   | 'KD_ENOMEM' // out of (device) memory
   | 'KD_EDISPOSED' // a disposed tensor or a detached ArrayBuffer
   | 'KD_EUNSUPPORTED' // not available in this build

@@ -1,0 +1,23 @@
+/**
+ * Tuning constants of the WGSL kernels, in one place (the native ones are in
+ * native/common/tuning.h).
+ */
+
+/**
+ * Threads per workgroup of the row kernels (one workgroup per row). 256 is the WebGPU
+ * default limit of maxComputeInvocationsPerWorkgroup, so it runs on every adapter; a
+ * row of V elements is swept in ceil(V / 256) strided steps (coalesced: lane k reads
+ * element k, k + 256, ...).
+ */
+export const WG = 256;
+
+/**
+ * Largest V whose student and teacher rows (f32, widened) are staged in workgroup memory
+ * by the divergence kernels, so the later passes read them from there instead of from
+ * the storage buffer: 2 rows x 1536 x 4 B = 12 KiB, under the 16 KiB WebGPU default of
+ * maxComputeWorkgroupStorageSize together with the 2 KiB of reduction scratch.
+ */
+export const STAGE_MAX_V = 1536;
+
+/** Workgroup size of the 1-workgroup passes (the selected-row count, the loss sum). */
+export const REDUCE_WG = 256;
