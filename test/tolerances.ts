@@ -60,3 +60,14 @@ export function maxAbsFinite(a: ArrayLike<number>): number {
   }
   return m;
 }
+
+/**
+ * topk (the bounds of test/topk.test.ts, shared with the WebGPU tests). Ids and raw
+ * values: exact. Log-prob values (x − m)/T − log S: only S (an f32 sum of
+ * exponentials, ~1e-6 relative at V = 151936) and the output rounding are inexact:
+ * 1e-5 absolute + 1e-6 relative is a 10× margin; a 16-bit output adds its rounding.
+ * tailLogProb: 1e-5 relative, also for a tail mass of 1e-30 (summed directly).
+ */
+export const TOPK_LOGPROB_TOL = { atol: 1e-5, rtol: 1e-6 };
+export const TOPK_OUT_ROUNDING: Record<FloatDType, number> = { f32: 0, f16: 2 ** -11, bf16: 2 ** -8 };
+export const TOPK_TAIL_TOL = { atol: 0, rtol: 1e-5 };
