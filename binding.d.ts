@@ -10,6 +10,7 @@ export interface TensorDesc {
   data?: ArrayBufferView; // cpu
   mem?: DeviceMemoryHandle; // cuda
   offset?: number; // bytes into mem
+  gpu?: unknown; // webgpu (lib/webgpu): a GpuMem; never passed to the addon
 }
 
 /** Opaque External wrapping native DeviceMemory. */

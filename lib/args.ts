@@ -69,7 +69,7 @@ export function sideInput(
     if (isDetached(x.buffer)) throw new KdError(`${op}: the ArrayBuffer of ${name} was detached (transferred)`, 'KD_EDISPOSED');
     host = x as TypedArray;
     t = tensor(host, [host.length], { device: deviceName(device) });
-    if (device >= 0) temps.push(t);
+    if (device !== -1) temps.push(t); // uploaded for CUDA or WebGPU
   } else {
     throw new KdTypeError(`${op}: expected a ${dtype} Tensor or ${ctor.name} for ${name} but received ${describe(x)}`, 'KD_EDTYPE');
   }

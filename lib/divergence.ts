@@ -6,8 +6,8 @@
 import type { OpArgs } from '../binding.js';
 import { flatDesc, resolveGrad, sideInput, asRows, type GradOption } from './args.js';
 import { KdError, KdRangeError } from './errors.js';
-import { binding } from './native.js';
-import { Tensor, deviceName, empty } from './tensor.js';
+import { dispatch } from './dispatch.js';
+import { Tensor, WEBGPU, deviceName, empty } from './tensor.js';
 import { expectBool, expectInt, expectNumber, expectOneOf, expectOptions } from './validate.js';
 
 export type Reduction = 'none' | 'sum' | 'mean' | 'batchmean';
@@ -83,6 +83,7 @@ export interface EngineSpec {
 
 interface Prepared {
   args: OpArgs;
+  device: number;
   result: EngineResult;
   /** Inputs we uploaded and workspaces: disposed after the call. */
   temps: Tensor[];
@@ -111,7 +112,7 @@ function prepare(student: unknown, teacher: unknown, o: Record<string, unknown>,
   const gradDtype = o.gradDtype === undefined ? 'input' : expectOneOf('gradDtype', o.gradDtype, ['f32', 'input'] as const);
   const checkLabels = o.checkLabels === undefined ? true : expectBool('checkLabels', o.checkLabels);
   if (o.stream !== undefined && typeof o.stream !== 'bigint') throw new KdRangeError(`${op}: stream must be a bigint (cudaStream_t)`);
-  if (o.stream !== undefined && device < 0) throw new KdError(`${op}: a stream was given but the logits are on the CPU`, 'KD_EDEVICE');
+  if (o.stream !== undefined && device < 0) throw new KdError(`${op}: a stream was given but the logits are on ${deviceName(device)}, not CUDA`, 'KD_EDEVICE');
 
   const temps: Tensor[] = [];
   const labelsIn = spec.labels !== undefined ? spec.labels : o.labels;
@@ -122,7 +123,9 @@ function prepare(student: unknown, teacher: unknown, o: Record<string, unknown>,
   if (spec.hardWeight && !labels) throw new KdError(`${op}: a cross-entropy term needs labels`, 'KD_EINVAL');
   if (labels) {
     let host = labels.host;
-    if (!host && checkLabels) host = labels.t.toArray();
+    // WebGPU labels cannot be read synchronously: there a label out of range gives its
+    // row a NaN CE (lib/webgpu/wgsl/divergence.wgsl.ts), never an out-of-bounds read.
+    if (!host && checkLabels && device !== WEBGPU) host = labels.t.toArray();
     if (host) {
       for (let i = 0; i < host.length; i++) {
         const l = host[i]!;
@@ -178,7 +181,7 @@ function prepare(student: unknown, teacher: unknown, o: Record<string, unknown>,
   const result: EngineResult = { loss };
   if (g.t) result.grad = g.t;
   if (perToken) Object.assign(result, { hard, soft, total });
-  return { args, result, temps, fresh };
+  return { args, result, temps, fresh, device };
 }
 
 function disposeAll(ts: Tensor[]): void {
@@ -190,7 +193,7 @@ export function runEngine(student: unknown, teacher: unknown, opts: unknown, spe
   const o = expectOptions(`${spec.op} options`, opts, [...LOSS_OPTION_KEYS, ...extraKeys]);
   const p = prepare(student, teacher, o, spec);
   try {
-    binding().divergence(p.args);
+    dispatch('divergence', p.args, p.device);
   } catch (e) {
     disposeFresh(p);
     throw e;
@@ -206,7 +209,7 @@ export async function runEngineAsync(student: unknown, teacher: unknown, opts: u
   const p = prepare(student, teacher, o, spec);
   p.args.async = true;
   try {
-    await binding().divergence(p.args);
+    await dispatch('divergence', p.args, p.device);
   } catch (e) {
     disposeFresh(p);
     throw e;

@@ -11,6 +11,8 @@ binding().setErrorClass(KdError as unknown as new (message: string, code: string
 export { KdError, KdTypeError, KdRangeError, type KdErrorCode } from './errors.js';
 export { type DType, type FloatDType, type TypedArray, bf16ToNumber, numberToBf16, f16ToNumber, numberToF16, toFloat32, fromNumbers } from './dtype.js';
 export { Tensor, tensor, empty, zeros, fromDevicePointer, isTensor, type Device, type TensorOptions } from './tensor.js';
+export * as webgpu from './webgpu/index.js';
+export { fromGPUBuffer, type FromGPUBufferOptions } from './webgpu/index.js';
 export { backends, setThreads, synchronize, type Backends, type CudaDeviceInfo } from './backends.js';
 export { type LossOptions, type LossResult, type Reduction, type DivergenceName } from './divergence.js';
 export { klDiv, klDivAsync, type KlDivOptions } from './kl_div.js';

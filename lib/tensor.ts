@@ -14,7 +14,20 @@ import { constants as bufferConstants } from 'node:buffer';
 /** The largest ArrayBuffer this Node.js can allocate (4 GiB on Node 20). */
 const MAX_CPU_BYTES = bufferConstants.MAX_LENGTH;
 
-export type Device = 'cpu' | `cuda:${number}`;
+export type Device = 'cpu' | `cuda:${number}` | 'webgpu';
+
+/** The device index of WebGPU tensors (the CPU is -1, CUDA devices 0, 1, ...). */
+export const WEBGPU = -2;
+
+/** WebGPU memory of a tensor (lib/webgpu/tensor.ts creates it). */
+export interface GpuMem {
+  buffer: GPUBuffer;
+  device: GPUDevice;
+  /** Bytes from the start of the buffer to the tensor's first element. */
+  byteOffset: number;
+  /** Allocated by the library (dispose() destroys it) or borrowed (fromGPUBuffer). */
+  owned: boolean;
+}
 
 export interface TensorOptions {
   dtype?: DType;
@@ -22,20 +35,21 @@ export interface TensorOptions {
   strides?: number[];
 }
 
-/** Parses 'cpu' | 'cuda' | 'cuda:N' to -1 | N. */
+/** Parses 'cpu' | 'cuda' | 'cuda:N' | 'webgpu' to -1 | N | WEBGPU. */
 export function parseDevice(name: string, v: unknown): number {
   if (v === undefined || v === 'cpu') return -1;
   if (v === 'cuda') return 0;
+  if (v === 'webgpu') return WEBGPU;
   if (typeof v === 'string') {
     const m = /^cuda:(\d{1,3})$/.exec(v);
     if (m) return Number(m[1]);
-    throw new KdRangeError(`Expected 'cpu', 'cuda' or 'cuda:N' for ${name} but received ${describe(v)}`, 'KD_EDEVICE');
+    throw new KdRangeError(`Expected 'cpu', 'cuda', 'cuda:N' or 'webgpu' for ${name} but received ${describe(v)}`, 'KD_EDEVICE');
   }
   throw new KdTypeError(`Expected a device string for ${name} but received ${describe(v)}`, 'KD_EDEVICE');
 }
 
 export function deviceName(index: number): Device {
-  return index < 0 ? 'cpu' : `cuda:${index}`;
+  return index === WEBGPU ? 'webgpu' : index < 0 ? 'cpu' : `cuda:${index}`;
 }
 
 function contiguousStrides(shape: readonly number[]): number[] {
@@ -81,11 +95,12 @@ export class Tensor implements Disposable {
   #offset: number;
   #disposed = false;
   #keepAlive: unknown;
+  #gpu: GpuMem | undefined;
 
   /** @internal Use kd.tensor / kd.empty / kd.zeros / kd.fromDevicePointer. */
   constructor(
     token: typeof internal,
-    init: { shape: number[]; dtype: DType; device: number; strides: number[]; data?: TypedArray; mem?: DeviceMemoryHandle; offset?: number; keepAlive?: unknown },
+    init: { shape: number[]; dtype: DType; device: number; strides: number[]; data?: TypedArray; mem?: DeviceMemoryHandle; offset?: number; keepAlive?: unknown; gpu?: GpuMem },
   ) {
     if (token !== internal) throw new KdTypeError('Tensors are created with kd.tensor, kd.empty, kd.zeros or kd.fromDevicePointer');
     this.shape = Object.freeze(init.shape.slice());
@@ -96,6 +111,7 @@ export class Tensor implements Disposable {
     this.#mem = init.mem;
     this.#offset = init.offset ?? 0;
     this.#keepAlive = init.keepAlive;
+    this.#gpu = init.gpu;
   }
 
   get numel(): number {
@@ -104,12 +120,15 @@ export class Tensor implements Disposable {
   get ndim(): number {
     return this.shape.length;
   }
-  /** -1 for the CPU, else the CUDA device index. */
+  /** -1 for the CPU, WEBGPU (-2) for WebGPU, else the CUDA device index. */
   get deviceIndex(): number {
-    return this.device === 'cpu' ? -1 : Number(this.device.slice(5));
+    return this.device === 'cpu' ? -1 : this.device === 'webgpu' ? WEBGPU : Number(this.device.slice(5));
   }
   get isCuda(): boolean {
-    return this.device !== 'cpu';
+    return this.device.startsWith('cuda');
+  }
+  get isWebGPU(): boolean {
+    return this.device === 'webgpu';
   }
   get disposed(): boolean {
     return this.#disposed;
@@ -137,6 +156,7 @@ export class Tensor implements Disposable {
   toArray(): TypedArray {
     this.#check('toArray');
     if (this.#data) return this.#data;
+    if (this.#gpu) throw syncRead(this, 'toArray');
     const out = allocArray(this.dtype, this.extent);
     binding().cudaCopy(this.#mem!, this.#offset, out, false);
     return out;
@@ -144,35 +164,57 @@ export class Tensor implements Disposable {
 
   /** The values as float32 (converted from f16/bf16/i32/u8), dense in row-major order. */
   toFloat32Array(): Float32Array {
-    const raw = this.toArray();
-    if (this.isContiguous) return toFloat32(raw.subarray(0, this.numel) as TypedArray, this.dtype);
-    const full = toFloat32(raw, this.dtype);
-    const out = new Float32Array(this.numel);
-    const idx = new Array<number>(this.ndim).fill(0);
-    for (let k = 0; k < out.length; k++) {
-      let off = 0;
-      for (let d = 0; d < this.ndim; d++) off += idx[d]! * this.strides[d]!;
-      out[k] = full[off]!;
-      for (let d = this.ndim - 1; d >= 0; d--) {
-        if (++idx[d]! < this.shape[d]!) break;
-        idx[d] = 0;
-      }
-    }
-    return out;
+    return denseFloat32(this.toArray(), this);
   }
 
   /** The single value of a one-element tensor. */
   item(): number {
     if (this.numel !== 1) throw new KdRangeError(`item() needs a tensor with one element, this one has shape [${this.shape.join(', ')}]`, 'KD_ESHAPE');
+    if (this.#gpu) throw syncRead(this, 'item');
     const v = this.toArray()[0]!;
     return this.dtype === 'bf16' ? bf16ToNumber(v) : this.dtype === 'f16' ? f16ToNumber(v) : v;
   }
+
+  // ---- WebGPU (reads are asynchronous: lib/webgpu/tensor.ts) ----------------------
+  /** Any device: the values as `toArray()` gives them; WebGPU tensors read back without blocking. */
+  async toArrayAsync(): Promise<TypedArray> {
+    this.#check('toArrayAsync');
+    if (this.#gpu) return hooks.readGpu!(this.#gpu, this.dtype, this.extent);
+    return this.toArray();
+  }
+  /** Any device: as `toFloat32Array()`, without blocking on WebGPU. */
+  async toFloat32ArrayAsync(): Promise<Float32Array> {
+    if (!this.#gpu) return this.toFloat32Array();
+    return denseFloat32(await this.toArrayAsync(), this);
+  }
+  /** Any device: as `item()`, without blocking on WebGPU. */
+  async itemAsync(): Promise<number> {
+    if (this.numel !== 1) throw new KdRangeError(`itemAsync() needs a tensor with one element, this one has shape [${this.shape.join(', ')}]`, 'KD_ESHAPE');
+    if (!this.#gpu) return this.item();
+    const v = (await this.toArrayAsync())[0]!;
+    return this.dtype === 'bf16' ? bf16ToNumber(v) : this.dtype === 'f16' ? f16ToNumber(v) : v;
+  }
+  /** @internal The WebGPU memory (WebGPU tensors only). */
+  _gpu(what = 'tensor'): GpuMem {
+    this.#check(what);
+    if (!this.#gpu) throw new KdError(`${what}: expected a WebGPU tensor but it is on ${this.device}`, 'KD_EDEVICE');
+    return this.#gpu;
+  }
+  /** The GPUBuffer holding this tensor's elements (from `gpuByteOffset`; WebGPU only). */
+  get gpuBuffer(): GPUBuffer {
+    return this._gpu('gpuBuffer').buffer;
+  }
+  get gpuByteOffset(): number {
+    return this._gpu('gpuByteOffset').byteOffset;
+  }
+  // ---- end WebGPU -------------------------------------------------------------------
 
   /** A copy on another device (same dtype, contiguous layout kept as strides). */
   to(device: Device | 'cuda'): Tensor {
     this.#check('to');
     const target = parseDevice('device', device);
     if (target === this.deviceIndex) return this;
+    if (this.#gpu) throw syncRead(this, 'to');
     const host = this.#data ? this.#data.subarray(0, this.extent) : this.toArray();
     return createTensor(host as TypedArray, this.shape.slice(), { dtype: this.dtype, device: deviceName(target), strides: this.strides.slice() });
   }
@@ -182,6 +224,8 @@ export class Tensor implements Disposable {
     if (this.#disposed) return;
     this.#disposed = true;
     if (this.#mem) binding().cudaFree(this.#mem);
+    if (this.#gpu?.owned) this.#gpu.buffer.destroy();
+    this.#gpu = undefined;
     this.#mem = undefined;
     this.#data = undefined;
     this.#keepAlive = undefined;
@@ -201,6 +245,7 @@ export class Tensor implements Disposable {
       data: this.#data,
       mem: this.#mem,
       offset: this.#offset,
+      gpu: this.#gpu,
     };
   }
 
@@ -214,6 +259,47 @@ export class Tensor implements Disposable {
     return `Tensor(${this.dtype}, [${this.shape.join(', ')}], ${this.device}${this.#disposed ? ', disposed' : ''})`;
   }
 }
+
+/** The extent `raw` of tensor `t` as dense row-major float32. */
+function denseFloat32(raw: TypedArray, t: Tensor): Float32Array {
+  if (t.isContiguous) return toFloat32(raw.subarray(0, t.numel) as TypedArray, t.dtype);
+  const full = toFloat32(raw, t.dtype);
+  const out = new Float32Array(t.numel);
+  const idx = new Array<number>(t.ndim).fill(0);
+  for (let k = 0; k < out.length; k++) {
+    let off = 0;
+    for (let d = 0; d < t.ndim; d++) off += idx[d]! * t.strides[d]!;
+    out[k] = full[off]!;
+    for (let d = t.ndim - 1; d >= 0; d--) {
+      if (++idx[d]! < t.shape[d]!) break;
+      idx[d] = 0;
+    }
+  }
+  return out;
+}
+
+// ---- WebGPU: lib/webgpu/tensor.ts installs these (so this file imports no WebGPU code) --
+interface WebGPUHooks {
+  readGpu?: (mem: GpuMem, dtype: DType, extent: number) => Promise<TypedArray>;
+  uploadGpu?: (data: TypedArray, dtype: DType, extent: number) => GpuMem;
+  allocGpu?: (bytes: number, zero: boolean) => GpuMem;
+}
+/** @internal */
+export const hooks: WebGPUHooks = {};
+/** @internal Creates a WebGPU tensor over `gpu` (lib/webgpu/tensor.ts). */
+export function _webgpuTensor(shape: number[], dtype: DType, strides: number[] | undefined, gpu: GpuMem): Tensor {
+  return new Tensor(internal, { shape, dtype, device: WEBGPU, strides: strides ?? contiguousStrides(shape), gpu });
+}
+export function _resolveStrides(shape: number[], strides: unknown): number[] {
+  return resolveStrides(shape, strides);
+}
+function syncRead(t: Tensor, what: string): KdError {
+  return new KdError(`${what}(): ${t.toString()} is on WebGPU, whose reads are asynchronous; use await ${what === 'item' ? 'itemAsync()' : what === 'to' ? 'toArrayAsync()' : 'toArrayAsync()'}`, 'KD_EDEVICE');
+}
+function needWebGPU(): never {
+  throw new KdError("device 'webgpu': the WebGPU backend is not loaded (import 'kd-kernels' or 'kd-kernels/webgpu')", 'KD_EDEVICE');
+}
+// ---- end WebGPU -------------------------------------------------------------------
 
 function resolveStrides(shape: number[], strides: unknown): number[] {
   if (strides === undefined) return contiguousStrides(shape);
@@ -233,6 +319,7 @@ function createTensor(data: TypedArray, shape: number[], opts: TensorOptions): T
       `Expected data with at least ${extent} elements for shape [${shape.join(', ')}]${opts.strides ? ` and strides [${strides.join(', ')}]` : ''} but received ${describe(data)}`,
       'KD_ESHAPE',
     );
+  if (device === WEBGPU) return new Tensor(internal, { shape, dtype, device, strides, gpu: (hooks.uploadGpu ?? needWebGPU)(data, dtype, extent) });
   if (device < 0) return new Tensor(internal, { shape, dtype, device, strides, data });
   const mem = binding().cudaAlloc(device, extent * DTYPE_SIZE[dtype], false);
   binding().cudaCopy(mem, 0, data.subarray(0, extent), true);
@@ -266,6 +353,7 @@ function alloc(shape: unknown, opts: unknown, zero: boolean, fn: string): Tensor
   const device = parseDevice('device', o.device);
   const numel = s.reduce((a, b) => a * b, 1);
   const strides = contiguousStrides(s);
+  if (device === WEBGPU) return new Tensor(internal, { shape: s, dtype, device, strides, gpu: (hooks.allocGpu ?? needWebGPU)(numel * DTYPE_SIZE[dtype], zero) });
   if (device < 0) {
     const bytes = numel * DTYPE_SIZE[dtype];
     if (numel > 2 ** 31 || bytes > MAX_CPU_BYTES)
