@@ -10,12 +10,16 @@ import { KdError } from './errors.js';
 import { binding } from './native.js';
 import { WEBGPU } from './tensor.js';
 import { divergence as webgpuDivergence } from './webgpu/divergence.js';
+import { tokenStats as webgpuTokenStats } from './webgpu/token_stats.js';
+import { topk as webgpuTopk } from './webgpu/topk.js';
 
 export type OpName = 'divergence' | 'tokenStats' | 'topk' | 'sampleTeacher' | 'sparseKlDiv';
 
 /** The WebGPU implementations (lib/webgpu/<op>.ts): enqueue, return without waiting. */
 const WEBGPU_OPS: Partial<Record<OpName, (args: OpArgs) => void>> = {
   divergence: webgpuDivergence,
+  tokenStats: webgpuTokenStats,
+  topk: webgpuTopk,
 };
 
 /**

@@ -6,8 +6,8 @@
 import type { OpArgs } from '../binding.js';
 import { asRows, flatDesc, sideInput } from './args.js';
 import { KdError, KdRangeError } from './errors.js';
-import { binding } from './native.js';
-import { Tensor, deviceName, empty } from './tensor.js';
+import { dispatch } from './dispatch.js';
+import { Tensor, WEBGPU, deviceName, empty } from './tensor.js';
 import { expectBool, expectNumber, expectOneOf, expectOptions } from './validate.js';
 
 export interface TokenStatsOptions {
@@ -16,7 +16,11 @@ export interface TokenStatsOptions {
   temperature?: number;
   teacher?: 'logits' | 'logprobs';
   stream?: bigint;
-  /** CUDA: copy `sampled` to the host to range-check it (default true; syncs). */
+  /**
+   * CUDA: copy `sampled` to the host to range-check it (default true; syncs). WebGPU
+   * cannot read synchronously: a WebGPU `sampled` tensor is not checked here, and an id
+   * outside [0, V) gives its token NaN log-probs and rank -1 (an Int32Array is checked).
+   */
   checkSampled?: boolean;
 }
 
@@ -47,7 +51,7 @@ function prepare(student: unknown, teacher: unknown, opts: unknown) {
   const temps: Tensor[] = [];
   const sampled = sideInput('sampled', o.sampled, 'i32', s.n, device, op, temps);
   if (sampled) {
-    const host = sampled.host ?? (check ? sampled.t.toArray() : undefined);
+    const host = sampled.host ?? (check && device !== WEBGPU ? sampled.t.toArray() : undefined);
     if (host)
       for (let i = 0; i < host.length; i++)
         if (host[i]! < 0 || host[i]! >= s.v) throw new KdRangeError(`${op}: sampled[${i}] = ${host[i]} is outside [0, ${s.v})`, 'KD_ERANGE');
@@ -65,13 +69,13 @@ function prepare(student: unknown, teacher: unknown, opts: unknown) {
     stream: o.stream as bigint | undefined,
   };
   for (const [k, v] of Object.entries(r)) args[k] = flatDesc(v as Tensor, k);
-  return { args, r, temps };
+  return { args, r, temps, device };
 }
 
 export function tokenStats(student: Tensor, teacher: Tensor, opts?: TokenStatsOptions): TokenStats {
-  const { args, r, temps } = prepare(student, teacher, opts);
+  const { args, r, temps, device } = prepare(student, teacher, opts);
   try {
-    binding().tokenStats(args);
+    dispatch('tokenStats', args, device);
   } finally {
     for (const t of temps) t.dispose();
   }
@@ -79,10 +83,10 @@ export function tokenStats(student: Tensor, teacher: Tensor, opts?: TokenStatsOp
 }
 
 export async function tokenStatsAsync(student: Tensor, teacher: Tensor, opts?: TokenStatsOptions): Promise<TokenStats> {
-  const { args, r, temps } = prepare(student, teacher, opts);
+  const { args, r, temps, device } = prepare(student, teacher, opts);
   args.async = true;
   try {
-    await binding().tokenStats(args);
+    await dispatch('tokenStats', args, device);
   } finally {
     for (const t of temps) t.dispose();
   }

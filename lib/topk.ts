@@ -8,12 +8,13 @@
  * log(1 − Σ top-k probs) would cancel to nothing). With `output: 'logprobs'` the values
  * are log softmax(x/T) at the ids, and the result is directly a sparse teacher for
  * `sparseKlDiv` (`{ indices, values, tailLogProb }`). One streaming pass per row on the
- * CPU; a single-pass radix select per row on CUDA (native/{cpu,cuda}/topk.*).
+ * CPU; a single-pass radix select per row on CUDA (native/{cpu,cuda}/topk.*); a radix
+ * select and a bitonic sort per row on WebGPU (lib/webgpu/topk.ts).
  */
 import type { OpArgs, TensorDesc } from '../binding.js';
 import { asRows, flatDesc } from './args.js';
 import { KdError, KdRangeError } from './errors.js';
-import { binding } from './native.js';
+import { dispatch } from './dispatch.js';
 import { Tensor, deviceName, empty } from './tensor.js';
 import { expectInt, expectNumber, expectOneOf, expectOptions } from './validate.js';
 
@@ -45,7 +46,7 @@ export function slotDesc(t: Tensor, name: string, n: number, k: number): TensorD
   return { ...t._desc(name), shape: [n, k], strides: [k, 1] };
 }
 
-function prepare(logits: unknown, k: unknown, opts: unknown): { args: OpArgs; result: TopkResult } {
+function prepare(logits: unknown, k: unknown, opts: unknown): { args: OpArgs; result: TopkResult; device: number } {
   const op = 'topk';
   const o = expectOptions('topk options', opts, ['temperature', 'output', 'valuesDtype', 'stream']);
   const x = asRows('logits', logits, op);
@@ -56,7 +57,7 @@ function prepare(logits: unknown, k: unknown, opts: unknown): { args: OpArgs; re
   const valuesDtype = o.valuesDtype === undefined ? 'f32' : expectOneOf('valuesDtype', o.valuesDtype, ['f32', 'input'] as const);
   const device = x.t.deviceIndex;
   if (o.stream !== undefined && typeof o.stream !== 'bigint') throw new KdRangeError(`${op}: stream must be a bigint (cudaStream_t)`);
-  if (o.stream !== undefined && device < 0) throw new KdError(`${op}: a stream was given but the logits are on the CPU`, 'KD_EDEVICE');
+  if (o.stream !== undefined && device < 0) throw new KdError(`${op}: a stream was given but the logits are on ${deviceName(device)}, not CUDA`, 'KD_EDEVICE');
 
   const dev = deviceName(device);
   const values = empty([...x.lead, kk], { dtype: valuesDtype === 'f32' ? 'f32' : x.t.dtype, device: dev });
@@ -72,7 +73,7 @@ function prepare(logits: unknown, k: unknown, opts: unknown): { args: OpArgs; re
     tailLogProb: flatDesc(tailLogProb, 'tailLogProb'),
     stream: o.stream as bigint | undefined,
   };
-  return { args, result: { values, indices, tailLogProb } };
+  return { args, result: { values, indices, tailLogProb }, device };
 }
 
 function disposeResult(r: TopkResult): void {
@@ -81,11 +82,11 @@ function disposeResult(r: TopkResult): void {
   r.tailLogProb.dispose();
 }
 
-/** Top-k of each row of `logits` ([N, V] or [B, T, V]); CUDA work is enqueued, not awaited. */
+/** Top-k of each row of `logits` ([N, V] or [B, T, V]); CUDA and WebGPU work is enqueued, not awaited. */
 export function topk(logits: Tensor, k: number, opts?: TopkOptions): TopkResult {
   const p = prepare(logits, k, opts);
   try {
-    binding().topk(p.args);
+    dispatch('topk', p.args, p.device);
   } catch (e) {
     disposeResult(p.result);
     throw e;
@@ -98,7 +99,7 @@ export async function topkAsync(logits: Tensor, k: number, opts?: TopkOptions): 
   const p = prepare(logits, k, opts);
   p.args.async = true;
   try {
-    await binding().topk(p.args);
+    await dispatch('topk', p.args, p.device);
   } catch (e) {
     disposeResult(p.result);
     throw e;

@@ -10,7 +10,8 @@ import { tokenStatsWebgpu } from '../lib/webgpu/token_stats.js';
 import { compareArrays, decodeDtype, encodeDtype, logSoftmax, mulberry32, randomLogits, type FloatDType } from './reference/common.js';
 import { refTokenStats } from './reference/distillation.js';
 import { lossTol, maxAbsFinite } from './tolerances.js';
-import { GPU, GPU_SKIP_REASON, gpuOut, gpuRows, readF32, readI32, uploadBytes } from './webgpu_rows.js';
+import { errorOf } from './helpers.js';
+import { GPU, GPU_SKIP_REASON, gpuOut, gpuRows, readI32, uploadBytes } from './webgpu_rows.js';
 
 interface Case { n: number; v: number; dtype: FloatDType; T?: number; sampled?: boolean; teacher?: 'logits' | 'logprobs'; vt?: number; negInf?: boolean; nan?: boolean; scale?: number; offset?: number }
 
@@ -36,35 +37,38 @@ async function run(c: Case): Promise<string[]> {
     }
   }
   const off = c.offset ?? 0;
-  // the teacher as [n, v] rows with its wider row stride vt (the padded-vocabulary case)
+  const es = c.dtype === 'f32' ? 4 : 2;
+  // borrowed buffers (kd.fromGPUBuffer) with the rows at element `off`; the teacher keeps
+  // its wider row stride vt (the padded-vocabulary case)
   const student = gpuRows(dev, sRef, c.n, c.v, c.dtype, c.v, off);
   const teacherRows = gpuRows(dev, tRef, c.n, vt, c.dtype, vt, off);
-  const teacher = { ...teacherRows, v: c.v };
-  const outs = Object.fromEntries([...STATS, 'teacherRank'].map((k, i) => [k, gpuOut(dev, c.n, i % 3)])) as Record<string, ReturnType<typeof gpuOut>>;
-  const samp = sampled ? { buffer: uploadBytes(dev, new Int32Array([5, 5, ...sampled])), offset: 2 } : undefined;
-  tokenStatsWebgpu(dev, {
-    student, teacher, teacherLogprobs: c.teacher === 'logprobs', temperature: c.T ?? 1, sampled: samp,
-    out: c.sampled ? outs as never : { forwardKl: outs.forwardKl!, reverseKl: outs.reverseKl!, studentEntropy: outs.studentEntropy!, teacherEntropy: outs.teacherEntropy! },
-  });
+  const sT = kd.fromGPUBuffer(student.buffer, [c.n, c.v], { dtype: c.dtype, byteOffset: off * es });
+  const tT = kd.fromGPUBuffer(teacherRows.buffer, [c.n, vt], { dtype: c.dtype, byteOffset: off * es });
+  const sampledT = sampled ? kd.tensor(sampled, [c.n], { device: 'webgpu' }) : undefined;
+  const got = kd.tokenStats(sT, tT, { sampled: sampledT, temperature: c.T, teacher: c.teacher });
+  expect(got.forwardKl.device).toBe('webgpu');
   const ref = refTokenStats(sRef, tRef, c.n, c.v, { sampled, temperature: c.T, teacherKind: c.teacher, ldT: vt });
   const tol = lossTol(Math.max(maxAbsFinite(sRef), maxAbsFinite(tRef)), c.T ?? 1, c.v);
   const cpu = kd.tokenStats(kd.tensor(sEnc, [c.n, c.v], { dtype: c.dtype }), kd.tensor(tEnc, [c.n, vt], { dtype: c.dtype }), { sampled, temperature: c.T, teacher: c.teacher });
+  const gotStats = got as unknown as Record<string, kd.Tensor>;
   const errs: string[] = [];
   for (const k of STATS) {
     if (!c.sampled && (k === 'studentLogProb' || k === 'teacherLogProb')) continue;
-    const got = await readF32(dev, outs[k]!, c.n);
+    const got = (await gotStats[k]!.toArrayAsync()) as Float32Array;
     let r = compareArrays(got, ref[k]!, { ...tol, label: `webgpu ${k}` });
     if (!r.ok) errs.push(r.message);
     r = compareArrays(got, cpu[k]!.toFloat32Array(), { ...tol, label: `webgpu ${k} vs CPU` });
     if (!r.ok) errs.push(r.message);
   }
   if (c.sampled) {
-    const rank = await readI32(dev, outs.teacherRank!, c.n);
+    const rank = (await got.teacherRank!.toArrayAsync()) as Int32Array;
     const r = compareArrays(rank, ref.teacherRank!, { label: 'webgpu teacherRank' });
     if (!r.ok) errs.push(r.message);
     expect(Array.from(rank)).toEqual(Array.from(cpu.teacherRank!.toArray()));
   }
-  for (const b of [student.buffer, teacherRows.buffer, samp?.buffer, ...Object.values(outs).map((o) => o.buffer)]) b?.destroy();
+  for (const t of Object.values(got)) t.dispose();
+  sampledT?.dispose();
+  for (const b of [student.buffer, teacherRows.buffer]) b.destroy();
   return errs;
 }
 
@@ -87,6 +91,44 @@ describe.skipIf(!GPU)(`tokenStats on WebGPU vs the float64 reference and the CPU
       const errs = await run(c);
       if (errs.length) throw new Error(errs.join('\n'));
     });
+
+  it('[B, T, V] inputs, N = 0, an Int32Array of sampled ids, tokenStatsAsync', async () => {
+    const e = kd.tokenStats(kd.empty([0, 9], { device: 'webgpu' }), kd.empty([0, 9], { device: 'webgpu' }));
+    expect(e.forwardKl.shape).toEqual([0]);
+    const s = kd.tensor(new Float32Array(30).map((_, i) => Math.sin(i)), [2, 3, 5], { device: 'webgpu' });
+    const t = kd.tensor(new Float32Array(30).map((_, i) => Math.cos(i)), [2, 3, 5], { device: 'webgpu' });
+    const st = kd.tokenStats(s, t, { sampled: new Int32Array([0, 1, 2, 3, 4, 0]) });
+    expect(st.reverseKl.shape).toEqual([2, 3]);
+    const cpu = kd.tokenStats(kd.tensor(new Float32Array(30).map((_, i) => Math.sin(i)), [2, 3, 5]), kd.tensor(new Float32Array(30).map((_, i) => Math.cos(i)), [2, 3, 5]), { sampled: new Int32Array([0, 1, 2, 3, 4, 0]) });
+    expect(Array.from((await st.teacherRank!.toArrayAsync()) as Int32Array)).toEqual(Array.from(cpu.teacherRank!.toArray()));
+    const r = compareArrays((await st.reverseKl.toArrayAsync()) as Float32Array, cpu.reverseKl.toArray(), { atol: 1e-6, rtol: 1e-5, label: 'reverseKl' });
+    expect(r.ok, r.message).toBe(true);
+    const a = await kd.tokenStatsAsync(s, t);
+    expect(Array.from((await a.forwardKl.toArrayAsync()) as Float32Array)).toEqual(Array.from((await kd.tokenStats(s, t).forwardKl.toArrayAsync()) as Float32Array));
+  });
+
+  it('bad input gets the CPU errors; a WebGPU sampled id out of range gives NaN and rank -1', async () => {
+    const s = kd.tensor(new Float32Array(10), [2, 5], { device: 'webgpu' });
+    const cases: [() => unknown, string, string, RegExp][] = [
+      [() => kd.tokenStats(s, kd.tensor(new Float32Array(10), [2, 5])), 'KdError', 'KD_EDEVICE', /teacher is on cpu/],
+      [() => kd.tokenStats(s, kd.tensor(new Float32Array(15), [3, 5], { device: 'webgpu' })), 'RangeError', 'KD_ESHAPE', /teacher has 3/],
+      [() => kd.tokenStats(s, s, { temperature: -1 }), 'RangeError', 'KD_EINVAL', /temperature/],
+      [() => kd.tokenStats(s, s, { sampled: new Int32Array([0, 5]) }), 'RangeError', 'KD_ERANGE', /sampled\[1\] = 5/],
+      [() => kd.tokenStats(s, s, { sampled: new Int32Array([0]) }), 'RangeError', 'KD_ESHAPE', /sampled/],
+      [() => kd.tokenStats(s, s, { sampled: kd.tensor(new Int32Array(2), [2]) }), 'KdError', 'KD_EDEVICE', /sampled is on cpu/],
+      [() => kd.tokenStats(s, s, { bogus: 1 } as never), 'TypeError', 'KD_EINVAL', /Unknown option 'bogus'/],
+      [() => kd.tokenStats(s, s).forwardKl.toArray(), 'KdError', 'KD_EDEVICE', /toArrayAsync/],
+    ];
+    for (const [fn, cls, code, msg] of cases) {
+      const e = errorOf(fn);
+      expect([e.name, e.code], e.message).toEqual([cls, code]);
+      expect(e.message).toMatch(msg);
+    }
+    const bad = kd.tokenStats(s, s, { sampled: kd.tensor(new Int32Array([1, 7]), [2], { device: 'webgpu' }) });
+    const lp = (await bad.studentLogProb!.toArrayAsync()) as Float32Array;
+    expect(Number.isFinite(lp[0]!) && Number.isNaN(lp[1]!)).toBe(true);
+    expect(Array.from((await bad.teacherRank!.toArrayAsync()) as Int32Array)).toEqual([0, -1]);
+  });
 
   it('rank counts strictly greater teacher values (ties do not count)', async () => {
     const dev = GPU!;

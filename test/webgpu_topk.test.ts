@@ -11,6 +11,7 @@ import { topkWebgpu } from '../lib/webgpu/topk.js';
 import { compareArrays, decodeDtype, encodeDtype, mulberry32, randomLogits, roundToDtype, type FloatDType } from './reference/common.js';
 import { refTopk } from './reference/sparse.js';
 import { TOPK_LOGPROB_TOL, TOPK_OUT_ROUNDING, TOPK_TAIL_TOL } from './tolerances.js';
+import { errorOf } from './helpers.js';
 import { GPU, GPU_SKIP_REASON, gpuOut, gpuRows, readF32, readI32, readU16 } from './webgpu_rows.js';
 
 const DTYPES: FloatDType[] = ['f32', 'f16', 'bf16'];
@@ -28,7 +29,32 @@ interface Case {
   offset?: number;
 }
 
+/**
+ * The public API on a WebGPU tensor: a borrowed buffer (kd.fromGPUBuffer) holding the
+ * rows at element `offset` with row stride `ld`.
+ */
 async function runGpu(c: Case) {
+  const dev = GPU!;
+  const { n, v, k, dtype } = c;
+  const ld = c.ld ?? v;
+  const x = gpuRows(dev, c.data, n, v, dtype, ld, c.offset ?? 0);
+  const t = kd.fromGPUBuffer(x.buffer, [n, v], { dtype, strides: [ld, 1], byteOffset: (c.offset ?? 0) * (dtype === 'f32' ? 4 : 2) });
+  const outDtype: FloatDType = c.valuesDtype === 'input' ? dtype : 'f32';
+  const r = kd.topk(t, k, { temperature: c.temperature, output: c.output, valuesDtype: c.valuesDtype });
+  expect(r.values.device).toBe('webgpu');
+  expect(r.indices.shape).toEqual([n, k]);
+  expect(r.values.dtype).toBe(outDtype);
+  const raw = await r.values.toArrayAsync();
+  const vals = outDtype === 'f32' ? Float64Array.from(raw as Float32Array) : decodeDtype(raw as Uint16Array, outDtype);
+  const ids = (await r.indices.toArrayAsync()) as Int32Array;
+  const tl = (await r.tailLogProb.toArrayAsync()) as Float32Array;
+  for (const o of [r.values, r.indices, r.tailLogProb]) o.dispose();
+  x.buffer.destroy();
+  return { vals, ids, tl, outDtype };
+}
+
+/** The launcher directly on GPUBuffers with element offsets (the outputs start mid-buffer too). */
+async function runLauncher(c: Case) {
   const dev = GPU!;
   const { n, v, k, dtype } = c;
   const x = gpuRows(dev, c.data, n, v, dtype, c.ld ?? v, c.offset ?? 0);
@@ -45,10 +71,10 @@ async function runGpu(c: Case) {
   return { vals, ids, tl, outDtype };
 }
 
-async function check(c: Case): Promise<void> {
+async function check(c: Case, via: 'api' | 'launcher' = 'api'): Promise<void> {
   const { n, v, k, dtype } = c;
   const label = `webgpu topk ${n}x${v} k=${k} ${dtype} T=${c.temperature ?? 1} ${c.output ?? 'logits'} values=${c.valuesDtype ?? 'f32'}`;
-  const g = await runGpu(c);
+  const g = via === 'api' ? await runGpu(c) : await runLauncher(c);
   const ref = refTopk(roundToDtype(c.data, dtype), n, v, k, { temperature: c.temperature, output: c.output });
   const ids = compareArrays(g.ids, ref.indices, { label: `${label} indices`, cols: k });
   expect(ids.ok, ids.message).toBe(true);
@@ -134,6 +160,53 @@ describe.skipIf(!GPU)(`topk on WebGPU vs the float64 reference and the CPU ${GPU
     expect(Number.isNaN(g.tl[0]!) && Number.isNaN(g.tl[1]!)).toBe(true);
     expect(Number.isFinite(g.tl[2]!)).toBe(true);
     expect(g.ids[0]).toBe(5);
+  });
+
+  it('the launcher on GPUBuffers with element offsets (inputs and outputs mid-buffer)', async () => {
+    for (const dtype of DTYPES) {
+      await check({ n: 7, v: 123, k: 9, dtype, data: randomLogits(7, 123, { seed: 42 }), output: 'logprobs', ld: 131, offset: 3 }, 'launcher');
+      await check({ n: 5, v: 301, k: 7, dtype, data: randomLogits(5, 301, { seed: 43 }), valuesDtype: 'input', offset: 1 }, 'launcher');
+    }
+  });
+
+  it('[B, T, V] logits give [B, T, k] outputs; N = 0 works', async () => {
+    const data = randomLogits(6, 300, { seed: 20 });
+    const t = kd.tensor(Float32Array.from(data), [2, 3, 300], { device: 'webgpu' });
+    const r = kd.topk(t, 5, { output: 'logprobs' });
+    expect(r.values.shape).toEqual([2, 3, 5]);
+    expect(r.tailLogProb.shape).toEqual([2, 3]);
+    const ref = refTopk(roundToDtype(data, 'f32'), 6, 300, 5);
+    expect(Array.from((await r.indices.toArrayAsync()) as Int32Array)).toEqual(Array.from(ref.indices));
+    const e = kd.topk(kd.empty([0, 10], { device: 'webgpu' }), 3);
+    expect(e.values.shape).toEqual([0, 3]);
+    expect(((await e.values.toArrayAsync()) as Float32Array).length).toBe(0);
+  });
+
+  it('topkAsync on WebGPU equals topk', async () => {
+    const t = kd.tensor(Float32Array.from(randomLogits(3, 999, { seed: 44 })), [3, 999], { device: 'webgpu' });
+    const a = kd.topk(t, 10, { output: 'logprobs' });
+    const b = await kd.topkAsync(t, 10, { output: 'logprobs' });
+    expect(Array.from((await b.values.toArrayAsync()) as Float32Array)).toEqual(Array.from((await a.values.toArrayAsync()) as Float32Array));
+  });
+
+  it('bad input gets the CPU errors (and sync reads of the results say to await)', () => {
+    const t = kd.tensor(new Float32Array(2 * 10), [2, 10], { device: 'webgpu' });
+    const cases: [() => unknown, string, string, RegExp][] = [
+      [() => kd.topk(t, 0), 'RangeError', 'KD_EINVAL', /between 1 and 1024 for k/],
+      [() => kd.topk(t, 11), 'RangeError', 'KD_ESHAPE', /exceeds the vocabulary size V = 10/],
+      [() => kd.topk(t, 2, { temperature: 0 }), 'RangeError', 'KD_EINVAL', /temperature/],
+      [() => kd.topk(t, 2, { output: 'probs' as 'logits' }), 'RangeError', 'KD_EINVAL', /for output/],
+      [() => kd.topk(t, 2, { tempreature: 2 } as never), 'TypeError', 'KD_EINVAL', /Unknown option 'tempreature'/],
+      [() => kd.topk(kd.tensor(new Int32Array(4), [2, 2], { device: 'webgpu' }), 1), 'TypeError', 'KD_EDTYPE', /f32, f16 or bf16/],
+      [() => kd.topk(kd.tensor(new Float32Array(4), [4], { device: 'webgpu' }), 1), 'RangeError', 'KD_ESHAPE', /\[N, V\]/],
+      [() => kd.topk(t, 2, { stream: 1n }), 'KdError', 'KD_EDEVICE', /stream/],
+      [() => kd.topk(t, 2).values.toArray(), 'KdError', 'KD_EDEVICE', /toArrayAsync/],
+    ];
+    for (const [fn, cls, code, msg] of cases) {
+      const e = errorOf(fn);
+      expect([e.name, e.code], e.message).toEqual([cls, code]);
+      expect(e.message).toMatch(msg);
+    }
   });
 
   it('deterministic: two runs give the same bits', async () => {
