@@ -17,9 +17,9 @@ import type { OpArgs, TensorDesc } from '../../binding.js';
 import { KdError } from '../errors.js';
 import type { GpuMem } from '../tensor.js';
 import { STAGE_MAX_V } from './tuning.js';
-import { createBuffer, grid, offsetAlignment, pipeline, run, type Binding } from './runtime.js';
+import { bindingLimit, createBuffer, grid, offsetAlignment, pipeline, run, type Binding } from './runtime.js';
 import { elemBytes, type WgslDType } from './wgsl/common.wgsl.js';
-import { DIV, countWgsl, divKernelKey, divergenceRowWgsl, reduceWgsl, type DivKernelConfig } from './wgsl/divergence.wgsl.js';
+import { DIV, countWgsl, divKernelKey, divergenceRowWgsl, reduceWgsl, rowLanes, type DivKernelConfig } from './wgsl/divergence.wgsl.js';
 
 const FLOAT_CODES: Record<number, WgslDType> = { 0: 'f32', 1: 'f16', 2: 'bf16' };
 const ELEM_BYTES: Record<number, number> = { 0: 4, 1: 2, 2: 2, 3: 4, 4: 1 };
@@ -42,9 +42,9 @@ export function bindRange(device: GPUDevice, mem: GpuMem, es: number, first: num
   const base = startByte - (startByte % align);
   const endByte = Math.min(mem.buffer.size, Math.ceil((mem.byteOffset + Math.max(end, first + 1) * es) / 4) * 4);
   const size = Math.max(4, endByte - base);
-  if (size > device.limits.maxStorageBufferBindingSize)
+  if (size > bindingLimit(device))
     throw new KdError(
-      `WebGPU: a binding of ${size} bytes exceeds maxStorageBufferBindingSize (${device.limits.maxStorageBufferBindingSize}) of this device`,
+      `WebGPU: a binding of ${size} bytes exceeds maxStorageBufferBindingSize (${bindingLimit(device)}) of this device`,
       'KD_ENOMEM',
     );
   return { binding: { buffer: mem.buffer, offset: base, size }, elemOff: (startByte - base) / es };
@@ -52,7 +52,7 @@ export function bindRange(device: GPUDevice, mem: GpuMem, es: number, first: num
 
 /** Rows per dispatch so that each row-strided tensor's binding fits the device limit. */
 function rowsPerChunk(device: GPUDevice, n: number, rowBytes: number[]): number {
-  const limit = device.limits.maxStorageBufferBindingSize - offsetAlignment(device) - 8;
+  const limit = bindingLimit(device) - offsetAlignment(device) - 8;
   let rows = n;
   for (const rb of rowBytes) if (rb > 0) rows = Math.min(rows, Math.floor(limit / rb));
   if (rows < 1) throw new KdError(`WebGPU: one row (${Math.max(...rowBytes)} bytes) exceeds maxStorageBufferBindingSize of this device`, 'KD_ENOMEM');
@@ -127,6 +127,7 @@ export function divergence(a: OpArgs): void {
     perToken: !!a.hard,
     lossPerRow: reduction === 0,
     staged: v <= STAGE_MAX_V,
+    wg: rowLanes(v),
   };
 
   // ---- 1. count: STAT = [count, divisor, coef, 0] ----------------------------------

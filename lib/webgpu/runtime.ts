@@ -69,6 +69,11 @@ export function setDevice(device: GPUDevice): void {
   chosen = device;
 }
 
+/** The GPU object the default device came from (navigator.gpu, or the `webgpu` package's). */
+export function gpuObject(): GPU | undefined {
+  return (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu ?? nodeGpu;
+}
+
 /** The device set or requested so far (undefined before the first requestDevice / setDevice). */
 export function currentDevice(): GPUDevice | undefined {
   return chosen;
@@ -303,6 +308,21 @@ export async function readBuffer(device: GPUDevice, buf: GPUBuffer, offset: numb
 /** Whether WGSL `enable f16;` may be used on this device. */
 export function hasF16(device: GPUDevice): boolean {
   return device.features.has('shader-f16');
+}
+
+let bindingCap: number | undefined;
+/**
+ * The largest storage binding the kernels use: the device's maxStorageBufferBindingSize,
+ * or less after _setBindingLimit (tests exercise the row-chunked path with it on small
+ * tensors instead of > 128 MiB ones).
+ */
+export function bindingLimit(device: GPUDevice): number {
+  const lim = device.limits.maxStorageBufferBindingSize;
+  return bindingCap === undefined ? lim : Math.min(lim, bindingCap);
+}
+/** @internal Caps bindingLimit() (undefined: no cap). */
+export function _setBindingLimit(bytes: number | undefined): void {
+  bindingCap = bytes;
 }
 
 /** Byte alignment of storage-buffer binding offsets on this device. */

@@ -25,9 +25,16 @@ import { WG } from '../tuning.js';
 
 export type WgslDType = 'f32' | 'f16' | 'bf16';
 
-/** Special values, bit tests, the 2-D grid row index and the online log-sum-exp merge. */
-export const COMMON_WGSL = /* wgsl */ `
-const WG: u32 = ${WG}u;
+/**
+ * Special values, bit tests, the 2-D grid row index and the online log-sum-exp merge,
+ * with `const WG` = wg lanes (a power of two; the reductions below assume it).
+ */
+export function commonWgsl(wg: number = WG): string {
+  return COMMON_BODY.replace('const WG: u32 = WG_VALUE;', `const WG: u32 = ${wg}u;`);
+}
+
+const COMMON_BODY = /* wgsl */ `
+const WG: u32 = WG_VALUE;
 const GRID_X: u32 = 65535u;
 
 // Special values from private variables: WGSL rejects a NaN / inf constant expression.
@@ -76,6 +83,9 @@ fn lse_value(a: vec2<f32>) -> f32 {
   return a.x + log(a.y);
 }
 `;
+
+/** commonWgsl() with WG = 256 (tuning.ts). */
+export const COMMON_WGSL = commonWgsl(WG);
 
 /**
  * Fixed-order workgroup reductions (a halving tree over WG lanes). Each starts with a

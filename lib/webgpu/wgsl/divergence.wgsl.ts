@@ -37,8 +37,8 @@
  *  - A label outside [0, V) on a row with a CE term cannot be reported from a kernel: its
  *    CE is NaN (never an out-of-bounds read); lib/ range-checks host labels before.
  */
-import { COMMON_WGSL, REDUCE_WGSL, TO16_WGSL, arrayType, loadFn, storeFn, type WgslDType } from './common.wgsl.js';
-import { REDUCE_WG, STAGE_MAX_V } from '../tuning.js';
+import { REDUCE_WGSL, TO16_WGSL, arrayType, commonWgsl, loadFn, storeFn, type WgslDType } from './common.wgsl.js';
+import { REDUCE_WG, STAGE_MAX_V, WG } from '../tuning.js';
 
 /** Divergence codes (native/common/divergence.h). */
 export const DIV = { forwardKl: 0, reverseKl: 1, jsd: 2, tvd: 3, skewForwardKl: 4, skewReverseKl: 5, none: 6 } as const;
@@ -59,6 +59,19 @@ export interface DivKernelConfig {
   perToken: boolean; // hard / soft / total outputs
   lossPerRow: boolean; // reduction 'none': loss[i] = total_i
   staged: boolean; // V <= STAGE_MAX_V
+  wg: number; // lanes per row (rowLanes(V))
+}
+
+/**
+ * Lanes (threads) per row: WG (256), or for short rows the next power of two >= V (at
+ * least 32), so that a row of 3 does not keep 253 idle lanes through every barrier (on
+ * a CPU adapter like lavapipe the per-workgroup cost dominates short rows: 70001 x 3
+ * took 13 s with 256 lanes).
+ */
+export function rowLanes(v: number): number {
+  let w = 32;
+  while (w < v && w < WG) w *= 2;
+  return w;
 }
 
 export function divKernelKey(c: DivKernelConfig): string {
@@ -101,7 +114,7 @@ export function divergenceRowWgsl(c: DivKernelConfig): string {
   const stageN = c.staged ? STAGE_MAX_V : 1;
 
   return /* wgsl */ `
-${COMMON_WGSL}
+${commonWgsl(c.wg)}
 ${REDUCE_WGSL}
 ${grad && c.gDtype !== 'f32' ? TO16_WGSL : ''}
 struct Params {
