@@ -19,7 +19,9 @@
  * Data path: the logits are read with `dataSync()` (on the CPU backend, a zero-copy
  * view of tf's own buffer; it is only read) and passed to the CPU kernels as `f32`
  * tensors; the gradient comes back as a fresh `Float32Array` wrapped as a tf tensor.
- * Other tf backends work too, at the price of a download and an upload per call.
+ * On tfjs-backend-webgpu ('webgpu') the logits never leave the GPU: see
+ * lib/tfjs_webgpu.ts. Other tf backends (webgl, node-gpu) work too, at the price of a
+ * download and an upload per call.
  *
  * - The teacher is a constant (no gradient flows to it: a stop-gradient, as in every
  *   KD recipe). It is read when the loss is computed, so it may be disposed right after.
@@ -42,6 +44,7 @@ import {
   type SparseTail, type SparseTeacher, type Tensor,
 } from './index.js';
 import { expectOneOf, expectOptions } from './validate.js';
+import { kdLossWebGPU, onTfWebGPU, sparseKdLossWebGPU } from './tfjs_webgpu.js'; // webgpu backend: lib/tfjs_webgpu.ts
 
 /** A per-token side input: a tf tensor or the typed array the library takes. */
 export type TfLabels = tf.Tensor | Int32Array;
@@ -237,6 +240,7 @@ function fused(student: tf.Tensor, run: Run): tf.Scalar {
  * - with hardWeight / softWeight / labelSmoothing: distillationLoss (CE + divergence).
  */
 export function kdLoss(studentLogits: tf.Tensor, teacherLogits: tf.Tensor | Tensor | null, options?: KdLossOptions): tf.Scalar {
+  if (onTfWebGPU()) return kdLossWebGPU(studentLogits, teacherLogits, options); // on tf's GPUDevice, no download
   const op = 'kdLoss';
   const o = expectOptions(`${op} options`, options, KD_LOSS_KEYS);
   const divergence = o.divergence === undefined ? 'forward-kl' : expectOneOf('divergence', o.divergence, DIVERGENCES);
@@ -322,6 +326,7 @@ export function kdLoss(studentLogits: tf.Tensor, teacherLogits: tf.Tensor | Tens
  * the fused gradient.
  */
 export function sparseKdLoss(studentLogits: tf.Tensor, sparseTeacher: TfSparseTeacher | SparseTeacher, options: SparseKdLossOptions): tf.Scalar {
+  if (onTfWebGPU()) return sparseKdLossWebGPU(studentLogits, sparseTeacher, options); // on tf's GPUDevice, no download
   const op = 'sparseKdLoss';
   if (options === undefined) throw new KdTypeError(`${op}: options with a tail mode are required, e.g. { tail: 'bucket' }`);
   const o = expectOptions(`${op} options`, options, SPARSE_KEYS);
