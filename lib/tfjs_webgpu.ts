@@ -25,7 +25,7 @@ import { KdError, KdRangeError, KdTypeError, describe } from './errors.js';
 import { distillationLoss, isTensor, jsd, klDiv, skewKl, sparseKlDiv, tvd, type SparseTail, type SparseTeacher, type Tensor } from './index.js';
 import { tensor } from './tensor.js';
 import { expectOneOf, expectOptions } from './validate.js';
-import { currentDevice, setDevice } from './webgpu/runtime.js';
+import { currentDevice, deferErrors, setDevice } from './webgpu/runtime.js';
 import { fromGPUBuffer } from './webgpu/tensor.js';
 import type { KdLossOptions, SparseKdLossOptions, TfSparseTeacher } from './tfjs.js';
 
@@ -103,6 +103,9 @@ function fusedGpu(student: tf.Tensor, call: Call, refs: tf.Tensor[], taping: boo
   let r: { loss: Tensor; grad?: Tensor };
   try {
     r = call({ grad: taping, gradScale: 1 });
+    // tf reads the results, not kd: a WebGPU error of these kernels is kept and thrown
+    // by the next kd call on this device instead of being lost.
+    deferErrors(currentDevice()!);
   } finally {
     // Our kernels are queued: tf may reuse these buffers for work queued after them.
     for (const t of refs) t.dispose();

@@ -4,7 +4,8 @@
  * native engine gets) and enqueues three kernels on the tensors' device:
  *   1. count: selected rows -> divisor -> gradScale / divisor   (wgsl/divergence.wgsl.ts)
  *   2. rows:  one workgroup per row: loss terms, per-row outputs, the gradient
- *   3. reduce: the scalar loss from the per-row totals, in a fixed order (not for 'none')
+ *   3. reduce: the scalar loss from the per-row totals, in a fixed order (not for 'none');
+ *      per-row outputs are copied out of the workspace (workspaceFloats)
  * Returns without waiting: results are read with toArrayAsync / itemAsync, which also
  * report any WebGPU error of these dispatches (runtime.ts).
  *
@@ -17,9 +18,9 @@ import type { OpArgs, TensorDesc } from '../../binding.js';
 import { KdError } from '../errors.js';
 import type { GpuMem } from '../tensor.js';
 import { STAGE_MAX_V } from './tuning.js';
-import { bindingLimit, createBuffer, grid, offsetAlignment, pipeline, run, type Binding } from './runtime.js';
+import { bindingLimit, copy, createBuffer, grid, offsetAlignment, pipeline, run, type Binding } from './runtime.js';
 import { elemBytes, type WgslDType } from './wgsl/common.wgsl.js';
-import { DIV, countWgsl, divKernelKey, divergenceRowWgsl, reduceWgsl, rowLanes, type DivKernelConfig } from './wgsl/divergence.wgsl.js';
+import { DIV, countWgsl, divKernelKey, divergenceRowWgsl, reduceWgsl, rowLanes, workspaceFloats, type DivKernelConfig } from './wgsl/divergence.wgsl.js';
 
 const FLOAT_CODES: Record<number, WgslDType> = { 0: 'f32', 1: 'f16', 2: 'bf16' };
 const ELEM_BYTES: Record<number, number> = { 0: 4, 1: 2, 2: 2, 3: 4, 4: 1 };
@@ -131,12 +132,11 @@ export function divergence(a: OpArgs): void {
   };
 
   // ---- 1. count: STAT = [count, divisor, coef, 0] ----------------------------------
-  const stat = createBuffer(device, 16);
-  const rowtot = createBuffer(device, Math.max(n, 1) * 4);
-  const temps = [stat, rowtot];
+  const ws = createBuffer(device, workspaceFloats(n, cfg.perToken) * 4);
+  const temps = [ws];
   try {
     const cp = new DataView(new ArrayBuffer(32));
-    const cstore: (GPUBuffer | Binding)[] = [stat];
+    const cstore: (GPUBuffer | Binding)[] = [ws];
     let labOff = 0, maskOff = 0, wOff = 0;
     if (labels) {
       const r = bindRange(device, gpuOf(labels, 'labels'), 4, 0, n);
@@ -152,7 +152,7 @@ export function divergence(a: OpArgs): void {
     u32(cp, 4, maskOff); i32(cp, 5, a.ignoreIndex as number); f32(cp, 6, a.normalizer as number); f32(cp, 7, a.gradScale as number);
     run(device, pipeline(device, `divergence:count:${!!labels}:${!!mask}`, countWgsl(!!labels, !!mask)), cp.buffer, cstore, [1]);
     if (n === 0) {
-      if (reduction !== 0) reduceLoss(device, n, stat, rowtot, gpuOf(loss, 'loss'));
+      if (reduction !== 0) reduceLoss(device, n, ws, gpuOf(loss, 'loss'));
       return;
     }
     let wBinding: Binding | undefined;
@@ -173,7 +173,6 @@ export function divergence(a: OpArgs): void {
     const ldg = G ? G.strides[0]! : 0;
     const chunk = rowsPerChunk(device, n, [lds * sEs, ldt * tEs, inplace ? 0 : ldg * gEs]);
     const pipe = pipeline(device, divKernelKey(cfg), divergenceRowWgsl(cfg));
-    const outs = (name: 'loss' | 'hard' | 'soft' | 'total') => bindRange(device, gpuOf(a[name] as TensorDesc, name), 4, 0, n).binding;
     for (let r0 = 0; r0 < n; r0 += chunk) {
       const r1 = Math.min(n, r0 + chunk);
       const last = (ld: number) => (r1 - 1) * ld + v;
@@ -194,9 +193,7 @@ export function divergence(a: OpArgs): void {
       if (labBinding) store.push(labBinding);
       if (maskBinding) store.push(maskBinding);
       if (wBinding) store.push(wBinding);
-      store.push(stat, rowtot);
-      if (cfg.lossPerRow) store.push(outs('loss'));
-      if (cfg.perToken) store.push(outs('hard'), outs('soft'), outs('total'));
+      store.push(ws);
       const p = new DataView(new ArrayBuffer(24 * 4));
       // Row indices are absolute (row0 + group); the strided tensors' element offsets
       // are shifted back by row0 rows so that e = off + i * ld addresses this chunk.
@@ -209,16 +206,26 @@ export function divergence(a: OpArgs): void {
       run(device, pipe, p.buffer, store, grid(r1 - r0));
     }
 
-    // ---- 3. the reduced loss --------------------------------------------------------
-    if (reduction !== 0) reduceLoss(device, n, stat, rowtot, gpuOf(loss, 'loss'));
+    // ---- 3. the reduced loss, or the per-row outputs copied out of the workspace -------
+    if (reduction !== 0) reduceLoss(device, n, ws, gpuOf(loss, 'loss'));
+    const out = (name: 'loss' | 'hard' | 'soft' | 'total', at: number) => {
+      const m = gpuOf(a[name] as TensorDesc, name);
+      copy(device, ws, at * 4, m.buffer, m.byteOffset, n * 4);
+    };
+    if (cfg.lossPerRow) out('loss', 4);
+    if (cfg.perToken) {
+      out('total', 4);
+      out('hard', 4 + n);
+      out('soft', 4 + 2 * n);
+    }
   } finally {
     for (const b of temps) b.destroy(); // released after the submitted work
   }
 }
 
-function reduceLoss(device: GPUDevice, n: number, stat: GPUBuffer, rowtot: GPUBuffer, loss: GpuMem): void {
+function reduceLoss(device: GPUDevice, n: number, ws: GPUBuffer, loss: GpuMem): void {
   const p = new Uint32Array([n, 0, 0, 0]);
   const lb = bindRange(device, loss, 4, 0, 1);
   if (lb.elemOff !== 0) throw new KdError('divergence: the loss output must start on a binding boundary', 'KD_EWEBGPU');
-  run(device, pipeline(device, 'divergence:reduce', reduceWgsl()), p.buffer, [stat, rowtot, lb.binding], [1]);
+  run(device, pipeline(device, 'divergence:reduce', reduceWgsl()), p.buffer, [ws, lb.binding], [1]);
 }

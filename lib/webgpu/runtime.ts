@@ -196,6 +196,11 @@ export function run(
 ): void {
   const s = state(device);
   checkDevice(device);
+  // A limit WebGPU would only report asynchronously (and that a caller like the tfjs path
+  // might never read back): checked here, synchronously.
+  const maxStorage = device.limits.maxStorageBuffersPerShaderStage;
+  if (storage.length > maxStorage)
+    throw new KdError(`WebGPU: a kernel binds ${storage.length} storage buffers but this device allows ${maxStorage} (maxStorageBuffersPerShaderStage)`, 'KD_EWEBGPU');
   device.pushErrorScope('out-of-memory');
   device.pushErrorScope('validation');
   const entries: GPUBindGroupEntry[] = [];
@@ -224,6 +229,29 @@ export function run(
   device.queue.submit([enc.finish()]);
   uniform?.destroy(); // freed once the submitted work is done
   s.errors.push(device.popErrorScope(), device.popErrorScope());
+}
+
+/** Copies `bytes` (a multiple of 4) between buffers on the device's queue. */
+export function copy(device: GPUDevice, src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
+  checkDevice(device);
+  if (bytes === 0) return;
+  device.pushErrorScope('validation');
+  const enc = device.createCommandEncoder();
+  enc.copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
+  device.queue.submit([enc.finish()]);
+  state(device).errors.push(device.popErrorScope());
+}
+
+/**
+ * Reports the errors collected so far on `device` later instead of at a readback: for
+ * callers that hand results to another library without reading them through kd (the
+ * tfjs path). The first one is kept and thrown by the next kd call on the device.
+ */
+export function deferErrors(device: GPUDevice): void {
+  flush(device).catch((e: Error) => {
+    const s = state(device);
+    if (s.lost === undefined) s.uncaptured ??= e.message;
+  });
 }
 
 /** A storage buffer of at least `bytes` (rounded up to 4; WebGPU needs a multiple of 4). */

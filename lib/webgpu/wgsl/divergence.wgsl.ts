@@ -40,6 +40,16 @@
 import { REDUCE_WGSL, TO16_WGSL, arrayType, commonWgsl, loadFn, storeFn, type WgslDType } from './common.wgsl.js';
 import { REDUCE_WG, STAGE_MAX_V, WG } from '../tuning.js';
 
+/**
+ * The f32 workspace of one call: [0, 4) STAT = [count, divisor, gradScale / divisor, 0];
+ * [4, 4 + n) per-row totals (the 'none' loss and the `total` output); then, for
+ * distillationLoss, [4 + n, 4 + 2n) hard and [4 + 2n, 4 + 3n) soft. The outputs are
+ * copied out of it (copyBufferToBuffer).
+ */
+export function workspaceFloats(n: number, perToken: boolean): number {
+  return 4 + n * (perToken ? 3 : 1);
+}
+
 /** Divergence codes (native/common/divergence.h). */
 export const DIV = { forwardKl: 0, reverseKl: 1, jsd: 2, tvd: 3, skewForwardKl: 4, skewReverseKl: 5, none: 6 } as const;
 
@@ -99,14 +109,10 @@ export function divergenceRowWgsl(c: DivKernelConfig): string {
   if (c.labels) decl.push(`@group(0) @binding(${b++}) var<storage, read> LAB: array<i32>;`);
   if (c.mask) decl.push(`@group(0) @binding(${b++}) var<storage, read> MASK: array<u32>;`);
   if (c.weights) decl.push(`@group(0) @binding(${b++}) var<storage, read> WTS: array<f32>;`);
-  decl.push(`@group(0) @binding(${b++}) var<storage, read> STAT: array<f32>;`);
-  decl.push(`@group(0) @binding(${b++}) var<storage, read_write> ROWTOT: array<f32>;`);
-  if (c.lossPerRow) decl.push(`@group(0) @binding(${b++}) var<storage, read_write> LOSS: array<f32>;`);
-  if (c.perToken) {
-    decl.push(`@group(0) @binding(${b++}) var<storage, read_write> HARD: array<f32>;`);
-    decl.push(`@group(0) @binding(${b++}) var<storage, read_write> SOFT: array<f32>;`);
-    decl.push(`@group(0) @binding(${b++}) var<storage, read_write> TOTAL: array<f32>;`);
-  }
+  // The workspace (see WS_LAYOUT): the count pass's STAT, then per-row totals (and hard,
+  // soft): one binding, so that the kernel needs at most 7 storage buffers (WebGPU's
+  // default maxStorageBuffersPerShaderStage is 8; tfjs-backend-webgpu's device has that).
+  decl.push(`@group(0) @binding(${b++}) var<storage, read_write> WS: array<f32>;`);
   const gArr = c.inplace ? 'S' : 'GR';
   const D = c.div;
   const needsG = D === DIV.jsd || D === DIV.tvd || D === DIV.skewForwardKl || D === DIV.skewReverseKl;
@@ -168,9 +174,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   if (!selected) {
     ${grad ? 'for (var j = tid; j < v; j += WG) { st_g(gb + j, 0.0); }' : ''}
     if (tid == 0u) {
-      ROWTOT[i] = 0.0;
-      ${c.lossPerRow ? 'LOSS[i] = 0.0;' : ''}
-      ${c.perToken ? 'HARD[i] = 0.0; SOFT[i] = 0.0; TOTAL[i] = 0.0;' : ''}
+      WS[4u + i] = 0.0;
+      ${c.perToken ? 'WS[4u + P.n + i] = 0.0; WS[4u + 2u * P.n + i] = 0.0;' : ''}
     }
     return;
   }
@@ -201,7 +206,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 
   // ---- row factors ------------------------------------------------------------------
   ${c.weights ? 'let w = WTS[P.w_off + i];' : 'let w = 1.0;'}
-  let coef = STAT[2];
+  let coef = WS[2];
   let rowf = coef * w;
   let a1 = rowf * P.sw * inv_t;
   var ce = 0.0;
@@ -251,9 +256,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     if (use_hard) { total += P.hw * ce; }
     if (use_soft) { total += P.sw * dv; }
     total = w * total;
-    ROWTOT[i] = total;
-    ${c.lossPerRow ? 'LOSS[i] = total;' : ''}
-    ${c.perToken ? 'HARD[i] = ce; SOFT[i] = P.soft_scale * dv; TOTAL[i] = total;' : ''}
+    WS[4u + i] = total;
+    ${c.perToken ? 'WS[4u + P.n + i] = ce; WS[4u + 2u * P.n + i] = P.soft_scale * dv;' : ''}
   }
 }
 `;
@@ -318,7 +322,7 @@ struct Params {
   mask_off: u32, ignore_index: i32, normalizer: f32, grad_scale: f32,
 }
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read_write> STAT: array<f32>;
+@group(0) @binding(1) var<storage, read_write> STAT: array<f32>; // the workspace's first 4
 ${labels ? '@group(0) @binding(2) var<storage, read> LAB: array<i32>;' : ''}
 ${mask ? `@group(0) @binding(${labels ? 3 : 2}) var<storage, read> MASK: array<u32>;` : ''}
 var<workgroup> cnt: atomic<u32>;
@@ -360,16 +364,15 @@ export function reduceWgsl(): string {
 const CW: u32 = ${REDUCE_WG}u;
 struct Params { n: u32, pad0: u32, pad1: u32, pad2: u32 }
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> STAT: array<f32>;
-@group(0) @binding(2) var<storage, read> ROWTOT: array<f32>;
-@group(0) @binding(3) var<storage, read_write> LOSS: array<f32>;
+@group(0) @binding(1) var<storage, read> WS: array<f32>;
+@group(0) @binding(2) var<storage, read_write> LOSS: array<f32>;
 var<workgroup> part: array<f32, CW>;
 @compute @workgroup_size(CW)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
   var s = 0.0;
   var comp = 0.0;
   for (var i = lid.x; i < P.n; i += CW) {
-    let y = ROWTOT[i] - comp;
+    let y = WS[4u + i] - comp;
     let t = s + y;
     comp = (t - s) - y;
     s = t;
@@ -381,7 +384,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
     workgroupBarrier();
   }
   if (lid.x == 0u) {
-    let d = STAT[1];
+    let d = WS[1];
     LOSS[0] = select(0.0, part[0] / d, d > 0.0);
   }
 }
