@@ -12,6 +12,7 @@ export { KdError, KdTypeError, KdRangeError, type KdErrorCode } from './errors.j
 export { type DType, type FloatDType, type TypedArray, bf16ToNumber, numberToBf16, f16ToNumber, numberToF16, toFloat32, fromNumbers } from './dtype.js';
 export { Tensor, tensor, empty, zeros, fromDevicePointer, isTensor, type Device, type TensorOptions } from './tensor.js';
 export { backends, setThreads, synchronize, type Backends, type CudaDeviceInfo } from './backends.js';
+export { memory, setMemoryLimit, trimMemory, type Memory, type CpuMemory, type CudaMemory } from './memory.js';
 export { type LossOptions, type LossResult, type Reduction, type DivergenceName } from './divergence.js';
 export { klDiv, klDivAsync, type KlDivOptions } from './kl_div.js';
 export { jsd, jsdAsync, type JsdOptions } from './jsd.js';

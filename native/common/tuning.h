@@ -106,4 +106,31 @@ constexpr int kCudaRowBlocksPerSm = 2;
 constexpr int kCudaTriadThreads = 256;
 constexpr int kCudaTriadBlocksPerSm = 8;
 
+// ---- host output pool (native/binding/pool.cc) ----
+
+// Outputs (gradients, per-token vectors, top-k results) of at least this many bytes come
+// from the pool of reusable, not zero-filled blocks; smaller ones are plain ArrayBuffers.
+// A pooled output costs one native call, an external ArrayBuffer and a finalizer
+// (~1-2 us); a plain one costs V8's calloc, which is cheaper than that below a few KiB
+// (measured, bench: pool_alloc in test/pool.test.ts's notes and README "Memory").
+constexpr int64_t kPoolMinBytes = int64_t(16) << 10;
+
+// Default cap of the pool: idle plus in-use bytes. Beyond it an output is a plain
+// ArrayBuffer (counted in kd.memory().cpu.overCap), so memory stays bounded when tensors
+// are dropped faster than their finalizers run. 1 GiB holds three 512 x 151936 f32
+// gradients (311 MB each) or fifteen 512 x 32000 ones; kd.setMemoryLimit changes it.
+constexpr int64_t kPoolDefaultCapBytes = int64_t(1) << 30;
+
+// Size classes: four per power of two (2^k x 1, 1.25, 1.5, 1.75), so a block wastes at
+// most 25% and a training loop's few shapes map to a few classes.
+constexpr int kPoolClassesPerOctave = 4;
+
+// Pool: leases the allocation path looks at per call for blocks whose ArrayBuffers were
+// collected before their finalizers ran (pool.cc Sweep). Each call adds one lease; a few
+// more than one keep the list as short as the live leases, at ~20 ns a look.
+constexpr int kPoolSweepPerAlloc = 4;
+
+// Alignment of pooled blocks: a cache line (and an AVX-512 register).
+constexpr int64_t kPoolAlign = 64;
+
 }  // namespace kd::tuning
