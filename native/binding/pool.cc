@@ -88,9 +88,10 @@ void HostPool::Release(void* p, size_t bytes) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     st_.in_use -= cls;
-    keep = st_.in_use + st_.pooled + cls <= st_.cap;
+    auto& idle = idle_[cls];
+    keep = st_.in_use + st_.pooled + cls <= st_.cap && idle.size() < size_t(tuning::kPoolMaxIdlePerClass);
     if (keep) {
-      idle_[cls].push_back(p);
+      idle.push_back(p);
       st_.pooled += cls;
     }
   }

@@ -110,10 +110,22 @@ constexpr int kCudaTriadBlocksPerSm = 8;
 
 // Outputs (gradients, per-token vectors, top-k results) of at least this many bytes come
 // from the pool of reusable, not zero-filled blocks; smaller ones are plain ArrayBuffers.
-// A pooled output costs one native call, an external ArrayBuffer and a finalizer
-// (~1-2 us); a plain one costs V8's calloc, which is cheaper than that below a few KiB
-// (measured, bench: pool_alloc in test/pool.test.ts's notes and README "Memory").
-constexpr int64_t kPoolMinBytes = int64_t(16) << 10;
+// A pooled output costs a native call, an external ArrayBuffer, a weak reference and a
+// finalizer. Measured (2026-12-06, this project's 2-core dev machine, heavily shared;
+// allocate, write the last element, then dispose / drop; us per output):
+//   bytes             64     1 Ki   4 Ki   16 Ki   64 Ki
+//   plain array       1.7    10.9   23.4   15.6    80.1
+//   pooled, dispose   10.6   6.0    7.8    6.2     8.8
+//   pooled, dropped   15.9   16.6   16.2   27.7    31.5
+// Dropped without dispose() (the common case) a pooled output costs more than a plain
+// one up to 16 KiB and less from 64 KiB; the scalar loss and per-token vectors of a
+// few hundred tokens stay plain.
+constexpr int64_t kPoolMinBytes = int64_t(64) << 10;
+
+// Idle blocks kept per size class: a training loop reuses a few outputs per shape (16
+// async calls in flight at most in our tests); a burst of outputs dropped between two
+// GCs must not leave hundreds of idle blocks behind. Beyond this, returned blocks are freed.
+constexpr int kPoolMaxIdlePerClass = 32;
 
 // Default cap of the pool: idle plus in-use bytes. Beyond it an output is a plain
 // ArrayBuffer (counted in kd.memory().cpu.overCap), so memory stays bounded when tensors
