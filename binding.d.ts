@@ -46,6 +46,20 @@ export interface Binding {
   memInfo(mem: DeviceMemoryHandle): { ptr: bigint; bytes: number; freed: boolean; owned: boolean };
   synchronize(device: number, stream?: bigint): void;
 
+  /** Host output pool (native/binding/pool.cc): undefined below minBytes or over the cap. */
+  poolAlloc(bytes: number): ArrayBuffer | undefined;
+  /** Detaches a pooled ArrayBuffer and returns its block; false for any other. */
+  poolRelease(buffer: ArrayBuffer): boolean;
+  poolInfo(): { pooledBytes: number; inUseBytes: number; capBytes: number; minBytes: number; reused: number; fresh: number; overCap: number };
+  poolSetCap(bytes: number): void;
+  poolTrim(keepBytes: number): void;
+  poolDebug(poisonByte: number, minBytes: number): void;
+  /** Reclaim blocks of collected ArrayBuffers before their finalizers run (this thread). */
+  poolReclaim(enable: boolean): void;
+  /** CUDA stream-ordered pool (added by the CUDA pool work; absent in older builds). */
+  cudaPoolInfo?(device: number): { reservedBytes: number; usedBytes: number };
+  cudaPoolTrim?(device: number, keepBytes: number): void;
+
   triad(args: OpArgs): undefined | Promise<void>;
   divergence(args: OpArgs): undefined | Promise<void>;
   tokenStats(args: OpArgs): undefined | Promise<void>;

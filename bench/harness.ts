@@ -92,6 +92,15 @@ export interface OpSpec {
   make(d: CaseData): OpCase;
   /** Contenders that compute the same thing: keys of JS_CONTENDERS / TFJS_LOSSES. */
   contenders?: { js?: string; tfjs?: string; torch?: string };
+  /** Run on all CPU threads only (the call-path cases of bench/call_path.bench.ts). */
+  allThreadsOnly?: boolean;
+  /**
+   * Calls made after the first and before timing (and before the harness picks its
+   * budget from a call's time): the default call path without dispose() reaches its
+   * steady state only once the output pool holds the buffers V8 has not yet collected
+   * (a few calls), as a training loop does after its first steps.
+   */
+  steadyStateCalls?: number;
 }
 
 export const DTYPE_BYTES: Record<BenchDtype, number> = { f32: 4, bf16: 2 };
@@ -466,6 +475,8 @@ export interface ContenderResult {
   /** Its loss vs the library's on the same data (relative difference), when checked. */
   check?: { value: number; library: number; relErr: number; ok: boolean };
   note?: string;
+  /** CPU threads it ran on, where it used several (torch on the CPU); else single-threaded. */
+  threads?: number;
 }
 
 export interface CaseResult {

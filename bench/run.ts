@@ -35,7 +35,9 @@ const HELP = `kd-kernels benchmark (npm run bench -- [options])
   --op <names>         ops, comma-separated: forward-kl, reverse-kl, kl (both), jsd, tvd,
                        skew-kl, distillation-loss (both its cases), distillation-loss-jsd
                        (½ CE + ½ JSD alone), token-stats, topk, sample-teacher,
-                       sparse-kl-div (file names such as kl_div also work)
+                       sparse-kl-div, and the call paths (bench/call_path.bench.ts):
+                       forward-kl-default, forward-kl-default-dispose, jsd-default,
+                       tfjs-kd-loss-step (file names such as kl_div also work)
   --device <list>      cpu, cuda (default: cpu, and cuda when available)
   --dtype <list>       f32, bf16 (default: both; quick: f32, bf16 for forward KL)
   --threads <list>     CPU threads, numbers or 'all' (default: 1,all; quick: all, 1 for forward KL)
@@ -44,7 +46,9 @@ const HELP = `kd-kernels benchmark (npm run bench -- [options])
                        forward KL only, N = 1 on all threads only, bf16 on 1 thread
                        for forward KL only; shapes that don't fit in memory are skipped)
   --contenders <list>  js, tfjs, torch, none (default: js,tfjs, and torch on CUDA when
-                       python3 has torch with CUDA)
+                       python3 has torch with CUDA; on the CPU, torch eager for forward
+                       KL and JSD f32 on all threads when KD_TORCH_PYTHON, /usr/bin/python3
+                       or python3 has torch)
   --time <ms>          measured time budget per case (default 250; quick 120)
   --seed <n>           data seed (default 1; recorded in the JSON)
   --out <dir>          where JSON and SVG go (default bench/results/)
@@ -138,7 +142,10 @@ if (contenderKinds.has('none')) contenderKinds.clear();
 // Suites
 // ---------------------------------------------------------------------------------
 
-const ORDER = ['forward-kl', 'reverse-kl', 'jsd', 'tvd', 'skew-kl', 'distillation-loss', 'distillation-loss-jsd', 'token-stats', 'topk', 'sample-teacher', 'sparse-kl-div'];
+const ORDER = [
+  'forward-kl', 'reverse-kl', 'jsd', 'tvd', 'skew-kl', 'distillation-loss', 'distillation-loss-jsd', 'token-stats', 'topk', 'sample-teacher', 'sparse-kl-div',
+  'forward-kl-default', 'forward-kl-default-dispose', 'jsd-default', 'tfjs-kd-loss-step',
+];
 const allOps: OpSpec[] = [];
 for (const f of readdirSync(join(ROOT, 'bench')).filter((f) => f.endsWith('.bench.ts')).sort()) {
   const mod = (await import(pathToFileURL(join(ROOT, 'bench', f)).href)) as { ops?: OpSpec[] };
@@ -192,6 +199,7 @@ interface Group {
 /** Which (op, shape, dtype, threads) the mode runs; explicit flags replace the mode's choice for that dimension. */
 function included(op: OpSpec, shape: Shape, dtype: BenchDtype, threads: number | null): boolean {
   if (!op.dtypes.includes(dtype)) return false;
+  if (op.allThreadsOnly && threads !== null && threads !== allThreads) return false;
   const fkl = op.name === 'forward-kl';
   if (quick) {
     const dOk = userDtypes ? true : dtype === 'f32' || fkl;
@@ -452,6 +460,10 @@ for (const [gi, g] of groups.entries()) {
     try {
       oc = c.op.make(d);
       first = timeOnce(() => oc!.value());
+      if (c.op.steadyStateCalls) {
+        for (let k = 0; k < c.op.steadyStateCalls; k++) oc.run();
+        first = { value: first.value, ms: timeOnce(() => oc!.run()).ms };
+      }
     } catch (e) {
       if (errCode(e) === 'KD_EUNSUPPORTED') {
         unavailable.set(c.op.name, `the addon says: ${errMsg(e)}`);
@@ -587,6 +599,62 @@ for (const [gi, g] of groups.entries()) {
 progress.clear();
 
 // ---------------------------------------------------------------------------------
+// PyTorch on the CPU (optional): forward KL and JSD, f32, eager, fwd+bwd, on as many
+// threads as the library's "all", at the shapes those ops ran at (up to 32 M elements:
+// torch's temporaries are several [N, V] arrays). The python with torch: KD_TORCH_PYTHON,
+// else /usr/bin/python3 (Debian's python3-torch), else python3 on PATH.
+// ---------------------------------------------------------------------------------
+
+const TORCH_CPU_OPS = ['forward-kl', 'jsd'];
+const TORCH_CPU_MAX_ELEMS = 32 * 2 ** 20;
+const cpuTorchShapes = [...new Set(groups
+  .filter((g) => g.device === 'cpu' && g.dtype === 'f32' && g.shape.N * g.shape.V <= TORCH_CPU_MAX_ELEMS)
+  .filter((g) => g.cases.some((c) => c.threads === allThreads && TORCH_CPU_OPS.includes(c.op.contenders?.torch ?? '') && libRan(g, c.op.name)))
+  .map((g) => `${g.shape.N}x${g.shape.V}`))];
+function libRan(g: Group, op: string): boolean {
+  return results.some((r) => r.op === op && r.device === g.device && r.dtype === g.dtype && r.N === g.shape.N && r.V === g.shape.V);
+}
+if (contenderKinds.has('torch') && cpuTorchShapes.length > 0) {
+  const candidates = [process.env.KD_TORCH_PYTHON, '/usr/bin/python3', 'python3'].filter((x): x is string => !!x);
+  const why: string[] = [];
+  const py = candidates.find((c) => {
+    const r = spawnSync(c, ['-c', 'import torch'], { encoding: 'utf8' });
+    if (r.status === 0) return true;
+    why.push(`${c}: ${(r.error?.message ?? r.stderr ?? '').trim().split('\n').pop()}`);
+    return false;
+  });
+  if (!py) {
+    notes.push(`torch (CPU): skipped: no python3 with torch found (${why.join('; ')})`);
+  } else {
+    progress.update(stepsDone, totalSteps, 'torch CPU contender (eager)');
+    const r = spawnSync(
+      py,
+      [join(ROOT, 'bench/contenders/torch_bench.py'), '--device', 'cpu', '--no-compile', '--threads', String(allThreads), '--ops', TORCH_CPU_OPS.join(','),
+        '--shapes', cpuTorchShapes.join(','), '--dtypes', 'f32', '--seed', String(seed), ...(quick ? ['--quick'] : [])],
+      { encoding: 'utf8', maxBuffer: 64 << 20, timeout: 20 * 60_000 },
+    );
+    progress.clear();
+    for (const line of (r.stdout ?? '').split('\n')) {
+      if (!line.startsWith('{')) continue;
+      try {
+        const j = JSON.parse(line) as { contender?: ContenderName; op: string; N: number; V: number; ms: number[]; note?: string };
+        if (j.contender !== 'torch-eager' || !Array.isArray(j.ms) || j.ms.length === 0) {
+          if (j.note) notes.push(`torch (CPU): ${j.note}`);
+          continue;
+        }
+        const stats: Stats = statsOf(j.ms);
+        const el = j.N * j.V;
+        const bytes = 3 * el * 4;
+        contenders.push({ contender: j.contender, op: j.op, device: 'cpu', dtype: 'f32', N: j.N, V: j.V, elements: el, bytes, stats, elemsPerS: el / (stats.median / 1000), gbps: bytes / (stats.median * 1e6), threads: allThreads, note: `torch ${py}, ${allThreads} threads, own data, same distribution` });
+      } catch {
+        /* not ours */
+      }
+    }
+    if (r.status !== 0) notes.push(`torch (CPU): torch_bench.py exited with ${r.status ?? r.signal}: ${(r.stderr ?? '').trim().split('\n').slice(-3).join(' | ')}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------
 // PyTorch on CUDA (optional): bench/contenders/torch_bench.py, same shapes, its own
 // identically distributed data; JSON lines back.
 // ---------------------------------------------------------------------------------
@@ -638,9 +706,11 @@ if (contenderKinds.has('torch') && cudaGroups.length > 0) {
 for (const r of results) {
   const spec = ops.find((o) => o.name === r.op)!;
   for (const c of contenders) {
-    if (c.op !== r.op || c.V !== r.V || c.dtype !== r.dtype) continue;
+    if ((c.op !== r.op && c.op !== spec.contenders?.torch) || c.V !== r.V || c.dtype !== r.dtype) continue;
+    if (c.op !== r.op && !c.contender.startsWith('torch')) continue;
     if (c.device !== r.device) continue;
-    if (c.device === 'cpu') {
+    if (c.threads !== undefined && (c.threads !== r.threads || c.N !== r.N)) continue;
+    if (c.device === 'cpu' && c.threads === undefined) {
       const lim = c.contender === 'js-loop' ? jsLimit(spec, r) : tfjsLimit(spec, r);
       if (c.N !== contenderRows(r, lim)) continue;
     } else if (c.N !== r.N) continue;
@@ -682,6 +752,19 @@ function headline(): string[] {
   const f = find('forward-kl', 'f32', allThreads);
   const j = find('jsd', 'f32', allThreads);
   if (f && j) out.push(`JSD / forward KL time (f32 512×32000, ${allThreads} threads): ${(j.stats.median / f.stats.median).toFixed(2)}`);
+  // The call paths (bench/call_path.bench.ts), each against the preallocated call, and PyTorch CPU.
+  const fd = find('forward-kl-default', 'f32', allThreads);
+  const fdd = find('forward-kl-default-dispose', 'f32', allThreads);
+  const jd = find('jsd-default', 'f32', allThreads);
+  const step = find('tfjs-kd-loss-step', 'f32', allThreads);
+  if (f && fd) out.push(`default call (fresh grad, no dispose) / preallocated, forward KL f32 512×32000: ${(fd.stats.median / f.stats.median).toFixed(2)} (${fmtMs(fd.stats.median)} vs ${fmtMs(f.stats.median)} ms)`);
+  if (f && fdd) out.push(`default call + dispose / preallocated, forward KL f32 512×32000: ${(fdd.stats.median / f.stats.median).toFixed(2)} (${fmtMs(fdd.stats.median)} vs ${fmtMs(f.stats.median)} ms)`);
+  if (j && jd) out.push(`default call + dispose / preallocated, JSD f32 512×32000: ${(jd.stats.median / j.stats.median).toFixed(2)}`);
+  if (f && step) out.push(`tfjs kdLoss step (variableGrads) / raw preallocated call, forward KL f32 512×32000: ${(step.stats.median / f.stats.median).toFixed(2)} (${fmtMs(step.stats.median)} vs ${fmtMs(f.stats.median)} ms)`);
+  for (const [name, r] of [['forward KL default call', fd], ['forward KL default call + dispose', fdd], ['JSD default call + dispose', jd]] as const) {
+    const t = r?.speedups['torch-eager'];
+    if (r && t) out.push(`${name} vs PyTorch CPU eager fwd+bwd (f32 512×32000, ${allThreads} threads): ${fmtSpeedup(t.speedup)}`);
+  }
   const b = find('forward-kl', 'bf16', allThreads);
   if (f && b) out.push(`forward KL bf16 / f32 elements per second (512×32000, ${allThreads} threads): ${(b.elemsPerS / f.elemsPerS).toFixed(2)} (${fmtRate(b.elemsPerS)} vs ${fmtRate(f.elemsPerS)} elem/s)`);
   return out;

@@ -2,7 +2,7 @@
 import type { TensorDesc } from '../binding.js';
 import type { DType, FloatDType, TypedArray } from './dtype.js';
 import { KdError, KdRangeError, KdTypeError, describe } from './errors.js';
-import { Tensor, deviceName, empty, isDetached, isTensor, tensor } from './tensor.js';
+import { Tensor, deviceName, isDetached, isTensor, output, tensor } from './tensor.js';
 
 const FLOATS: readonly DType[] = ['f32', 'f16', 'bf16'];
 
@@ -96,7 +96,7 @@ export function resolveGrad(
 ): { t?: Tensor; desc?: TensorDesc } {
   if (grad === undefined || grad === true) {
     const dtype: FloatDType = gradDtype === 'f32' ? 'f32' : (s.t.dtype as FloatDType);
-    const t = empty([...s.lead, s.v], { dtype, device: s.t.device });
+    const t = output([...s.lead, s.v], dtype, s.t.deviceIndex);
     return { t, desc: { ...t._desc('grad'), shape: [s.n, s.v], strides: [s.v, 1] } };
   }
   if (grad === false) return {};

@@ -7,7 +7,7 @@ import type { OpArgs } from '../binding.js';
 import { flatDesc, resolveGrad, sideInput, asRows, type GradOption } from './args.js';
 import { KdError, KdRangeError } from './errors.js';
 import { dispatch } from './dispatch.js';
-import { Tensor, WEBGPU, deviceName, empty } from './tensor.js';
+import { Tensor, WEBGPU, deviceName, empty, output } from './tensor.js';
 import { expectBool, expectInt, expectNumber, expectOneOf, expectOptions } from './validate.js';
 
 export type Reduction = 'none' | 'sum' | 'mean' | 'batchmean';
@@ -138,11 +138,11 @@ function prepare(student: unknown, teacher: unknown, o: Record<string, unknown>,
   const g = resolveGrad(o.grad, gradDtype, s, op);
 
   const dev = deviceName(device);
-  const loss = reduction === 'none' ? empty(s.lead, { device: dev }) : empty([], { device: dev });
+  const loss = reduction === 'none' ? output(s.lead, 'f32', device) : output([], 'f32', device);
   const perToken = spec.perToken === true;
-  const hard = perToken ? empty(s.lead, { device: dev }) : undefined;
-  const soft = perToken ? empty(s.lead, { device: dev }) : undefined;
-  const total = perToken ? empty(s.lead, { device: dev }) : undefined;
+  const hard = perToken ? output(s.lead, 'f32', device) : undefined;
+  const soft = perToken ? output(s.lead, 'f32', device) : undefined;
+  const total = perToken ? output(s.lead, 'f32', device) : undefined;
   const fresh = [loss, hard, soft, total].filter((x): x is Tensor => x !== undefined);
   if (g.t && g.t !== s.t && (o.grad === undefined || o.grad === true)) fresh.push(g.t);
   let workspace: Tensor | undefined;

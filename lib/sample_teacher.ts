@@ -20,7 +20,7 @@ import type { OpArgs } from '../binding.js';
 import { asRows } from './args.js';
 import { KdError, KdRangeError, KdTypeError, describe } from './errors.js';
 import { binding } from './native.js';
-import { Tensor, deviceName, empty } from './tensor.js';
+import { Tensor, deviceName, output } from './tensor.js';
 import { slotDesc } from './topk.js';
 import { expectBool, expectInt, expectNumber, expectOptions } from './validate.js';
 
@@ -81,10 +81,10 @@ function prepare(logits: unknown, n: unknown, opts: unknown): { args: OpArgs; re
   const dev = deviceName(device);
   const shape = [...x.lead, samples];
   const result: SampledTeacher = {
-    indices: empty(shape, { dtype: 'i32', device: dev }),
-    weights: empty(shape, { device: dev }),
+    indices: output(shape, 'i32', dev),
+    weights: output(shape, 'f32', dev),
   };
-  if (wantLogprobs) result.logprobs = empty(shape, { device: dev });
+  if (wantLogprobs) result.logprobs = output(shape, 'f32', dev);
   const args: OpArgs = {
     logits: x.desc,
     samples,

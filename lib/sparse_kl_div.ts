@@ -23,7 +23,7 @@ import { asRows, flatDesc, resolveGrad, sideInput } from './args.js';
 import { REDUCTION_CODE, type LossOptions } from './divergence.js';
 import { KdError, KdRangeError, KdTypeError, describe } from './errors.js';
 import { binding } from './native.js';
-import { Tensor, deviceName, empty, isTensor } from './tensor.js';
+import { Tensor, deviceName, empty, isTensor, output } from './tensor.js';
 import { expectBool, expectInt, expectNumber, expectOneOf, expectOptions } from './validate.js';
 
 export type SparseTail = 'renormalize' | 'bucket' | 'conditional' | 'sampled';
@@ -177,7 +177,7 @@ function prepare(student: unknown, teacher: unknown, opts: unknown): Prepared {
   const g = resolveGrad(o.grad, gradDtype, s, op);
 
   const dev = deviceName(device);
-  const loss = reduction === 'none' ? empty(s.lead, { device: dev }) : empty([], { device: dev });
+  const loss = reduction === 'none' ? output(s.lead, 'f32', dev) : output([], 'f32', dev);
   const fresh = [loss];
   if (g.t && g.t !== s.t && (o.grad === undefined || o.grad === true)) fresh.push(g.t);
   let workspace: Tensor | undefined;

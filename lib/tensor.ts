@@ -96,11 +96,13 @@ export class Tensor implements Disposable {
   #disposed = false;
   #keepAlive: unknown;
   #gpu: GpuMem | undefined;
+  /** CPU: the data is a block of the native output pool (returned by dispose). */
+  #pooled: boolean;
 
   /** @internal Use kd.tensor / kd.empty / kd.zeros / kd.fromDevicePointer. */
   constructor(
     token: typeof internal,
-    init: { shape: number[]; dtype: DType; device: number; strides: number[]; data?: TypedArray; mem?: DeviceMemoryHandle; offset?: number; keepAlive?: unknown; gpu?: GpuMem },
+    init: { shape: number[]; dtype: DType; device: number; strides: number[]; data?: TypedArray; mem?: DeviceMemoryHandle; offset?: number; keepAlive?: unknown; gpu?: GpuMem; pooled?: boolean },
   ) {
     if (token !== internal) throw new KdTypeError('Tensors are created with kd.tensor, kd.empty, kd.zeros or kd.fromDevicePointer');
     this.shape = Object.freeze(init.shape.slice());
@@ -112,6 +114,7 @@ export class Tensor implements Disposable {
     this.#offset = init.offset ?? 0;
     this.#keepAlive = init.keepAlive;
     this.#gpu = init.gpu;
+    this.#pooled = init.pooled === true;
   }
 
   get numel(): number {
@@ -219,10 +222,16 @@ export class Tensor implements Disposable {
     return createTensor(host as TypedArray, this.shape.slice(), { dtype: this.dtype, device: deviceName(target), strides: this.strides.slice() });
   }
 
-  /** Frees device memory now (CPU: drops the reference). Idempotent. */
+  /**
+   * Frees device memory now. CPU outputs the library allocated go back to the output
+   * pool, and their ArrayBuffer is detached: a view kept from toArray() then has length
+   * 0 and never sees the memory's next use. CPU tensors over your own arrays just drop
+   * the reference. Idempotent.
+   */
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
+    if (this.#pooled && this.#data) binding().poolRelease(this.#data.buffer as ArrayBuffer);
     if (this.#mem) binding().cudaFree(this.#mem);
     if (this.#gpu?.owned) this.#gpu.buffer.destroy();
     this.#gpu = undefined;
@@ -368,6 +377,86 @@ function alloc(shape: unknown, opts: unknown, zero: boolean, fn: string): Tensor
   }
   const mem = binding().cudaAlloc(device, numel * DTYPE_SIZE[dtype], zero);
   return new Tensor(internal, { shape: s, dtype, device, strides, mem });
+}
+
+/**
+ * @internal An output of an op: on the CPU a block of the native output pool (not
+ * zero-filled: the kernel writes every element), or a plain array below the pool's
+ * minimum size or beyond its cap; on CUDA device memory as kd.empty.
+ */
+export function output(shape: number[], dtype: DType, device: number | Device): Tensor {
+  const d = typeof device === 'number' ? device : parseDevice('device', device);
+  if (d !== -1) return alloc(shape, { dtype, device: deviceName(d) }, false, 'output'); // CUDA and WebGPU: their own allocators
+  const strides = contiguousStrides(shape);
+  const numel = shape.reduce((a, b) => a * b, 1);
+  const bytes = numel * DTYPE_SIZE[dtype];
+  if (bytes >= poolMinBytes()) {
+    const ab = binding().poolAlloc(bytes);
+    if (ab) return new Tensor(internal, { shape, dtype, device: d, strides, data: viewOf(dtype, ab, numel), pooled: true });
+  }
+  return alloc(shape, { dtype }, false, 'output');
+}
+
+let minBytes = -1;
+let defaultMinBytes = -1;
+/** The pool's minimum block (tuning::kPoolMinBytes), read once per realm, after the probe. */
+function poolMinBytes(): number {
+  if (minBytes < 0) {
+    minBytes = defaultMinBytes = binding().poolInfo().minBytes;
+    binding().poolReclaim(!transfersMovePooledMemory(minBytes));
+  }
+  return minBytes;
+}
+
+/**
+ * Whether this runtime can move a pooled block's memory into another ArrayBuffer
+ * (structuredClone or postMessage with a transfer list, ArrayBuffer.prototype.transfer).
+ * Node 20 copies external ArrayBuffers instead. Where the memory can move, the pool must
+ * not reclaim a block when the ArrayBuffer it handed out is collected (the memory may
+ * live on elsewhere) and waits for the finalizer instead (native/binding/pool.cc).
+ */
+function transfersMovePooledMemory(bytes: number): boolean {
+  const tries: ((ab: ArrayBuffer) => unknown)[] = [
+    (ab) => structuredClone(ab, { transfer: [ab] }),
+    (ab) => {
+      const { port1, port2 } = new MessageChannel();
+      try {
+        port1.postMessage(ab, [ab]);
+      } finally {
+        port1.close();
+        port2.close();
+      }
+    },
+    (ab) => (ab as unknown as { transfer?: () => ArrayBuffer }).transfer?.(),
+  ];
+  for (const t of tries) {
+    const ab = binding().poolAlloc(bytes);
+    if (!ab) return true; // cannot tell: assume the worst
+    try {
+      t(ab);
+    } catch {
+      /* refused: it cannot move */
+    }
+    if (ab.byteLength === 0) return true; // detached: the memory moved (its finalizer returns the block)
+    binding().poolRelease(ab);
+  }
+  return false;
+}
+/** @internal Tests: poison every pooled block handed out with `byte` (-1: off), set the minimum size. */
+export function _poolDebug(poisonByte: number, minBytesOverride?: number): void {
+  poolMinBytes();
+  const m = minBytesOverride ?? defaultMinBytes;
+  binding().poolDebug(poisonByte, m);
+  minBytes = m;
+}
+
+function viewOf(dtype: DType, ab: ArrayBuffer, length: number): TypedArray {
+  switch (dtype) {
+    case 'f32': return new Float32Array(ab, 0, length);
+    case 'i32': return new Int32Array(ab, 0, length);
+    case 'u8': return new Uint8Array(ab, 0, length);
+    default: return new Uint16Array(ab, 0, length);
+  }
 }
 
 /** An uninitialised tensor (CPU arrays are zero-filled anyway). */

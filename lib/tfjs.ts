@@ -18,10 +18,12 @@
  *
  * Data path: the logits are read with `dataSync()` (on the CPU backend, a zero-copy
  * view of tf's own buffer; it is only read) and passed to the CPU kernels as `f32`
- * tensors; the gradient comes back as a fresh `Float32Array` wrapped as a tf tensor.
- * On tfjs-backend-webgpu ('webgpu') the logits never leave the GPU: see
- * lib/tfjs_webgpu.ts. Other tf backends (webgl, node-gpu) work too, at the price of a
- * download and an upload per call.
+ * tensors. On tf's CPU backend the kernel writes the gradient into a buffer the adapter
+ * reuses from step to step, and tf gets a tensor over that buffer without a copy; a
+ * buffer is written again only after tf has released it (the gradient was disposed), so
+ * a step costs the kernel plus a small constant. Other tf backends work too, at the
+ * price of a download, a fresh gradient and an upload per call. On tfjs-backend-webgpu
+ * ('webgpu') the logits never leave the GPU: see lib/tfjs_webgpu.ts.
  *
  * - The teacher is a constant (no gradient flows to it: a stop-gradient, as in every
  *   KD recipe). It is read when the loss is computed, so it may be disposed right after.
@@ -189,7 +191,7 @@ function sparseSlot(op: string, name: string, x: unknown): Tensor | undefined {
 // The custom gradient
 // ---------------------------------------------------------------------------------
 
-type Run = (grad: boolean, gradScale: number) => { loss: Tensor; grad?: Tensor };
+type Run = (grad: boolean | Tensor, gradScale: number) => { loss: Tensor; grad?: Tensor };
 
 /** True while a gradient tape records (inside minimize / grad / variableGrads). */
 function taping(): boolean {
@@ -198,15 +200,71 @@ function taping(): boolean {
   return state?.gradientDepth === undefined ? true : state.gradientDepth > 0;
 }
 
+// Gradient buffers, reused across steps. The backward pass hands tf a tensor over one of
+// these arrays (no copy: tf's CPU backend keeps the array it is given). The array is
+// written again only once tf has let go of it: its dataId is gone from the backend's
+// storage (the user disposed the gradient, or tf's tape did). Until the backward pass
+// has run, a buffer is busy (a tape may hold several kdLoss calls).
+interface GradBuffer {
+  data: Float32Array;
+  /** The dataId of the tf tensor over `data`, while tf may hold it. */
+  dataId?: object;
+  busy: boolean;
+}
+/** Buffers kept for reuse: enough for a few losses per step, per shape. */
+const MAX_GRAD_BUFFERS = 8;
+const gradBuffers: GradBuffer[] = [];
+
+/** Whether tf's backend still stores `dataId` (undefined: internals unknown). */
+function backendHolds(dataId: object): boolean | undefined {
+  const b = tf.backend() as unknown as { data?: { has?: (id: object) => boolean } };
+  return typeof b.data?.has === 'function' ? b.data.has(dataId) : undefined;
+}
+
+/**
+ * A gradient buffer of n floats tf does not hold, or undefined when it can't be known
+ * (a backend other than 'cpu', whose storage we don't read): then the kernel writes a
+ * fresh array, as without reuse.
+ */
+function takeGradBuffer(n: number): GradBuffer | undefined {
+  if (tf.getBackend() !== 'cpu') return undefined;
+  for (const g of gradBuffers) {
+    if (g.busy || g.data.length !== n) continue;
+    if (g.dataId !== undefined) {
+      if (backendHolds(g.dataId) !== false) continue;
+      g.dataId = undefined;
+    }
+    g.busy = true;
+    return g;
+  }
+  const g: GradBuffer = { data: new Float32Array(n), busy: true };
+  gradBuffers.push(g);
+  if (gradBuffers.length > MAX_GRAD_BUFFERS) {
+    // forget the oldest other buffer (whoever holds it keeps it alive; it is just not reused)
+    gradBuffers.splice(gradBuffers.findIndex((x) => x !== g), 1);
+  }
+  return g;
+}
+
 function fused(student: tf.Tensor, run: Run): tf.Scalar {
+  const shape = student.shape;
+  const tape = taping();
+  const buf = tape ? takeGradBuffer(student.size) : undefined;
+  const into = (): boolean | Tensor => (buf ? tensor(buf.data, shape.slice()) : true);
   // The first kernel call happens here, outside tf's machinery: argument errors are
   // thrown to the caller before anything is recorded on the tape.
-  const first = run(taping(), 1);
+  let first: { loss: Tensor; grad?: Tensor };
+  try {
+    first = run(tape ? into() : false, 1);
+  } catch (e) {
+    if (buf) buf.busy = false;
+    throw e;
+  }
   const value = first.loss.item();
-  let cached = first.grad ? (first.grad.toArray() as Float32Array) : undefined;
   first.loss.dispose();
-  first.grad?.dispose();
-  const shape = student.shape;
+  // Without a buffer (not the CPU backend) the gradient is a kd output: tf keeps its
+  // array, so it is never disposed (that would detach it); GC frees it with tf's tensor.
+  let cached = first.grad ? (first.grad.toArray() as Float32Array) : undefined;
   const f = tf.customGrad(() => ({
     value: tf.scalar(value),
     gradFunc: (dy: tf.Tensor) => {
@@ -215,16 +273,25 @@ function fused(student: tf.Tensor, run: Run): tf.Scalar {
       if (cached && scale === 1) {
         g = cached;
       } else {
-        const r = run(true, scale);
+        const r = run(into(), scale);
         g = r.grad!.toArray() as Float32Array;
         r.loss.dispose();
-        r.grad!.dispose();
       }
-      cached = undefined; // tf owns the array from here on: hand it over once
-      return tf.tensor(g, shape, 'float32');
+      cached = undefined; // tf holds the array from here on: hand it over once
+      const out = tf.tensor(g, shape, 'float32');
+      if (buf && g === buf.data) {
+        buf.dataId = out.dataId;
+        buf.busy = false;
+      }
+      return out;
     },
   }));
   return f(student) as tf.Scalar;
+}
+
+/** @internal Tests: the adapter's gradient buffers (reuse across steps). */
+export function _gradBufferCount(): number {
+  return gradBuffers.length;
 }
 
 // ---------------------------------------------------------------------------------

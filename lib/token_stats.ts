@@ -7,7 +7,7 @@ import type { OpArgs } from '../binding.js';
 import { asRows, flatDesc, sideInput } from './args.js';
 import { KdError, KdRangeError } from './errors.js';
 import { dispatch } from './dispatch.js';
-import { Tensor, WEBGPU, deviceName, empty } from './tensor.js';
+import { Tensor, WEBGPU, deviceName, empty, output } from './tensor.js';
 import { expectBool, expectNumber, expectOneOf, expectOptions } from './validate.js';
 
 export interface TokenStatsOptions {
@@ -57,7 +57,7 @@ function prepare(student: unknown, teacher: unknown, opts: unknown) {
         if (host[i]! < 0 || host[i]! >= s.v) throw new KdRangeError(`${op}: sampled[${i}] = ${host[i]} is outside [0, ${s.v})`, 'KD_ERANGE');
   }
   const dev = deviceName(device);
-  const mk = (dtype: 'f32' | 'i32' = 'f32') => empty(s.lead, { dtype, device: dev });
+  const mk = (dtype: 'f32' | 'i32' = 'f32') => output(s.lead, dtype, dev);
   const r: TokenStats = { forwardKl: mk(), reverseKl: mk(), studentEntropy: mk(), teacherEntropy: mk() };
   if (sampled) Object.assign(r, { studentLogProb: mk(), teacherLogProb: mk(), teacherRank: mk('i32') });
   const args: OpArgs = {

@@ -15,7 +15,7 @@ import type { OpArgs, TensorDesc } from '../binding.js';
 import { asRows, flatDesc } from './args.js';
 import { KdError, KdRangeError } from './errors.js';
 import { dispatch } from './dispatch.js';
-import { Tensor, deviceName, empty } from './tensor.js';
+import { Tensor, deviceName, empty, output as outputTensor } from './tensor.js';
 import { expectInt, expectNumber, expectOneOf, expectOptions } from './validate.js';
 
 /** The largest k topk accepts (the CUDA kernel sorts the survivors in shared memory). */
@@ -60,9 +60,9 @@ function prepare(logits: unknown, k: unknown, opts: unknown): { args: OpArgs; re
   if (o.stream !== undefined && device < 0) throw new KdError(`${op}: a stream was given but the logits are on ${deviceName(device)}, not CUDA`, 'KD_EDEVICE');
 
   const dev = deviceName(device);
-  const values = empty([...x.lead, kk], { dtype: valuesDtype === 'f32' ? 'f32' : x.t.dtype, device: dev });
-  const indices = empty([...x.lead, kk], { dtype: 'i32', device: dev });
-  const tailLogProb = empty(x.lead, { device: dev });
+  const values = outputTensor([...x.lead, kk], valuesDtype === 'f32' ? 'f32' : x.t.dtype, dev);
+  const indices = outputTensor([...x.lead, kk], 'i32', dev);
+  const tailLogProb = outputTensor(x.lead, 'f32', dev);
   const args: OpArgs = {
     logits: x.desc,
     k: kk,

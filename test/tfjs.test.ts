@@ -19,7 +19,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import * as kd from '../lib/index.js';
-import { fromTf, kdLoss, sparseKdLoss, toTf, type KdLossOptions } from '../lib/tfjs.js';
+import { _gradBufferCount, fromTf, kdLoss, sparseKdLoss, toTf, type KdLossOptions } from '../lib/tfjs.js';
 
 const RTOL = 2e-4;
 const ATOL_REL = 1e-5;
@@ -444,5 +444,59 @@ describe('training with the adapter', () => {
     expect(() => tf.grad((x: tf.Tensor) => kdLoss(x, z, { labels: Int32Array.from([0]) }))(z)).toThrow(/labels with 2 elements/);
     tf.dispose([z, t, l, v1]);
     expect(tf.memory().numTensors).toBe(before);
+  });
+});
+
+describe('kdLoss gradient buffers: reused across steps, never while tf holds them', () => {
+  /** A reference gradient: the library into a fresh array. */
+  function refGrad(z: Float32Array, t: Float32Array, shape: number[]): Float32Array {
+    const g = new Float32Array(z.length);
+    kd.klDiv(kd.tensor(z, shape), kd.tensor(t, shape), { grad: kd.tensor(g, shape) });
+    return g;
+  }
+  const N = 5, V = 211;
+  const r = rng(99);
+  const z1 = Float32Array.from({ length: N * V }, () => r() * 6 - 3);
+  const z2 = Float32Array.from({ length: N * V }, () => r() * 6 - 3);
+  const tt = Float32Array.from({ length: N * V }, () => r() * 6 - 3);
+
+  it('a gradient kept by the user is not overwritten by later steps; disposed ones are reused', () => {
+    const teacher = tf.tensor2d(tt, [N, V]);
+    const v = tf.variable(tf.tensor2d(z1, [N, V]));
+    const step = () => tf.variableGrads(() => kdLoss(v, teacher), [v]);
+    const a = step(); // kept
+    const ga = a.grads[v.name]!;
+    const want1 = refGrad(z1, tt, [N, V]);
+    v.assign(tf.tensor2d(z2, [N, V]));
+    const want2 = refGrad(z2, tt, [N, V]);
+    const b = step(); // must not write into a's buffer
+    expect(Array.from(ga.dataSync())).toEqual(Array.from(want1));
+    expect(Array.from(b.grads[v.name]!.dataSync())).toEqual(Array.from(want2));
+    const count = _gradBufferCount();
+    tf.dispose([a.value, ga, b.value, b.grads[v.name]!]);
+    // with every gradient disposed after its step, no new buffer is needed
+    for (let i = 0; i < 10; i++) {
+      const c = step();
+      expect(Array.from(c.grads[v.name]!.dataSync())).toEqual(Array.from(want2));
+      tf.dispose([c.value, c.grads[v.name]!]);
+    }
+    expect(_gradBufferCount()).toBe(count);
+    tf.dispose([v, teacher]);
+  });
+
+  it('a gradient that tf passes on through a reshape (shared data) is not reused while the reshape lives', () => {
+    const teacher = tf.tensor3d(tt, [1, N, V]);
+    const v = tf.variable(tf.tensor2d(z1, [N, V]));
+    const want1 = refGrad(z1, tt, [N, V]);
+    // the gradient w.r.t. v is the reshape of the adapter's [1, N, V] gradient: same data
+    const a = tf.variableGrads(() => kdLoss(tf.reshape(v, [1, N, V]), teacher), [v]);
+    const ga = a.grads[v.name]!;
+    v.assign(tf.tensor2d(z2, [N, V]));
+    for (let i = 0; i < 3; i++) {
+      const b = tf.variableGrads(() => kdLoss(tf.reshape(v, [1, N, V]), teacher), [v]);
+      tf.dispose([b.value, b.grads[v.name]!]);
+    }
+    expect(Array.from(ga.dataSync())).toEqual(Array.from(want1));
+    tf.dispose([a.value, ga, v, teacher]);
   });
 });

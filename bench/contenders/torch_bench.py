@@ -4,8 +4,10 @@
 What a Python KD trainer runs today: the same losses written with torch ops, forward +
 backward (autograd), eager and under torch.compile, and the top-k extraction of an
 offline teacher store (torch.topk + logsumexp, eager, forward only), at the shapes and
-dtypes the benchmark runs. bench/run.ts calls this on CUDA runs when python3 has CUDA-enabled torch;
-it can also be run alone:
+dtypes the benchmark runs. bench/run.ts calls this on CUDA runs when python3 has CUDA-enabled torch, and on CPU
+runs with `--device cpu --no-compile --threads <kd threads>` for forward KL and JSD at
+f32 (the "default call vs PyTorch CPU" figure) when a python3 with torch is found; it
+can also be run alone:
 
     python3 bench/contenders/torch_bench.py --ops forward-kl,jsd --shapes 512x32000 --dtypes f32,bf16
 
@@ -22,7 +24,8 @@ Output: one JSON line per measurement, e.g.
   {"contender": "torch-eager", "op": "forward-kl", "N": 512, "V": 32000, "dtype": "f32", "ms": [..]}
 and the device's own bandwidth on the same bytes ("torch-triad": c = a + b), plus
 {"note": ...} lines for anything skipped. Times are CUDA-event times of one
-forward+backward step, after warm-up (torch.compile's compilation is excluded).
+forward+backward step, after warm-up (torch.compile's compilation is excluded); on the
+CPU, wall-clock (perf_counter) times of the same step.
 """
 import argparse
 import json
@@ -44,6 +47,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="CPU: torch.set_num_threads (0: torch's default)")
     args = ap.parse_args()
 
     try:
@@ -53,6 +57,8 @@ def main():
         emit({"note": f"torch not importable: {e}"})
         return 3
     dev = torch.device(args.device)
+    if dev.type == "cpu" and args.threads > 0:
+        torch.set_num_threads(args.threads)
     if dev.type == "cuda" and not torch.cuda.is_available():
         emit({"note": "torch has no CUDA device"})
         return 3

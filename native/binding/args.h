@@ -80,6 +80,7 @@ class OpCall {
 
 Napi::Object InitDevice(Napi::Env env, Napi::Object exports);
 Napi::Object InitOps(Napi::Env env, Napi::Object exports);
+Napi::Object InitPool(Napi::Env env, Napi::Object exports);
 DeviceMemory* UnwrapMemory(Napi::Env env, Napi::Value v, const char* what);
 
 }  // namespace kd::binding

@@ -106,4 +106,43 @@ constexpr int kCudaRowBlocksPerSm = 2;
 constexpr int kCudaTriadThreads = 256;
 constexpr int kCudaTriadBlocksPerSm = 8;
 
+// ---- host output pool (native/binding/pool.cc) ----
+
+// Outputs (gradients, per-token vectors, top-k results) of at least this many bytes come
+// from the pool of reusable, not zero-filled blocks; smaller ones are plain ArrayBuffers.
+// A pooled output costs a native call, an external ArrayBuffer, a weak reference and a
+// finalizer. Measured (2026-12-06, this project's 2-core dev machine, heavily shared;
+// allocate, write the last element, then dispose / drop; us per output):
+//   bytes             64     1 Ki   4 Ki   16 Ki   64 Ki
+//   plain array       1.7    10.9   23.4   15.6    80.1
+//   pooled, dispose   10.6   6.0    7.8    6.2     8.8
+//   pooled, dropped   15.9   16.6   16.2   27.7    31.5
+// Dropped without dispose() (the common case) a pooled output costs more than a plain
+// one up to 16 KiB and less from 64 KiB; the scalar loss and per-token vectors of a
+// few hundred tokens stay plain.
+constexpr int64_t kPoolMinBytes = int64_t(64) << 10;
+
+// Idle blocks kept per size class: a training loop reuses a few outputs per shape (16
+// async calls in flight at most in our tests); a burst of outputs dropped between two
+// GCs must not leave hundreds of idle blocks behind. Beyond this, returned blocks are freed.
+constexpr int kPoolMaxIdlePerClass = 32;
+
+// Default cap of the pool: idle plus in-use bytes. Beyond it an output is a plain
+// ArrayBuffer (counted in kd.memory().cpu.overCap), so memory stays bounded when tensors
+// are dropped faster than their finalizers run. 1 GiB holds three 512 x 151936 f32
+// gradients (311 MB each) or fifteen 512 x 32000 ones; kd.setMemoryLimit changes it.
+constexpr int64_t kPoolDefaultCapBytes = int64_t(1) << 30;
+
+// Size classes: four per power of two (2^k x 1, 1.25, 1.5, 1.75), so a block wastes at
+// most 25% and a training loop's few shapes map to a few classes.
+constexpr int kPoolClassesPerOctave = 4;
+
+// Pool: leases the allocation path looks at per call for blocks whose ArrayBuffers were
+// collected before their finalizers ran (pool.cc Sweep). Each call adds one lease; a few
+// more than one keep the list as short as the live leases, at ~20 ns a look.
+constexpr int kPoolSweepPerAlloc = 4;
+
+// Alignment of pooled blocks: a cache line (and an AVX-512 register).
+constexpr int64_t kPoolAlign = 64;
+
 }  // namespace kd::tuning

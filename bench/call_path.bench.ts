@@ -1,0 +1,111 @@
+/**
+ * The default call path, beside the preallocated one (forward-kl / jsd with `grad: G`):
+ *
+ * - forward-kl-default: `kd.klDiv(s, t)` as a user writes it, a fresh gradient each call,
+ *   the result dropped without dispose(). These loops never yield to the event loop, so
+ *   finalizers never run: a block comes back when V8 has collected its ArrayBuffer (the
+ *   pool watches them through weak references). Timed after 12 untimed calls
+ *   (`steadyStateCalls`), once the pool holds the few gradients V8 has yet to collect, as
+ *   in a training loop after its first steps; the first calls fault in fresh pages.
+ * - forward-kl-default-dispose: the same, disposing the result each call (the gradient's
+ *   block goes straight back to the pool and is reused next call, not zero-filled).
+ * - jsd-default: jsd β = 0.5 with dispose, as forward-kl-default-dispose.
+ * - tfjs-kd-loss-step: a step of the tfjs adapter, `tf.variableGrads(() => kdLoss(v, t))`
+ *   with the gradient disposed after the step, against `forward-kl` (the raw call it
+ *   makes, into a preallocated gradient).
+ *
+ * f32 only, on all threads only (bench/run.ts `allThreadsOnly`). Traffic as forward KL.
+ */
+import * as kd from '../lib/index.js';
+import { loadTfjs } from './contenders/tfjs.js';
+import { disposeOutputs, lossTraffic, type CaseData, type OpSpec } from './harness.js';
+
+type Tfjs = typeof import('@tensorflow/tfjs');
+type Adapter = typeof import('../lib/tfjs.js');
+// tfjs on its pure-JS 'cpu' backend (as the tfjs contender), and the adapter
+let tfjs: { tf: Tfjs; adapter: Adapter } | string;
+const loaded = await loadTfjs();
+if (typeof loaded === 'string') tfjs = loaded;
+else {
+  try {
+    tfjs = { tf: loaded as unknown as Tfjs, adapter: await import('../lib/tfjs.js') };
+  } catch (e) {
+    tfjs = `kd-kernels/tfjs could not be loaded: ${e instanceof Error ? e.message : String(e)}`;
+  }
+}
+
+function defaultCall(fn: (d: CaseData) => kd.LossResult, dispose: boolean) {
+  return (d: CaseData) => ({
+    run() {
+      const r = fn(d);
+      if (dispose) disposeOutputs(r);
+      d.sync();
+    },
+    value() {
+      const r = fn(d);
+      const v = r.loss.item();
+      disposeOutputs(r);
+      return v;
+    },
+  });
+}
+
+export const ops: OpSpec[] = [
+  {
+    name: 'forward-kl-default',
+    title: 'klDiv forward, default call: fresh grad, no dispose',
+    suite: 'call_path',
+    dtypes: ['f32'],
+    allThreadsOnly: true,
+    traffic: (s, dt) => lossTraffic(s, dt),
+    make: defaultCall((d) => kd.klDiv(d.student, d.teacher), false),
+    steadyStateCalls: 12,
+    contenders: { torch: 'forward-kl' },
+  },
+  {
+    name: 'forward-kl-default-dispose',
+    title: 'klDiv forward, default call + dispose()',
+    suite: 'call_path',
+    dtypes: ['f32'],
+    allThreadsOnly: true,
+    traffic: (s, dt) => lossTraffic(s, dt),
+    make: defaultCall((d) => kd.klDiv(d.student, d.teacher), true),
+    contenders: { torch: 'forward-kl' },
+  },
+  {
+    name: 'jsd-default',
+    title: 'jsd β=0.5, default call + dispose()',
+    suite: 'call_path',
+    dtypes: ['f32'],
+    allThreadsOnly: true,
+    traffic: (s, dt) => lossTraffic(s, dt),
+    make: defaultCall((d) => kd.jsd(d.student, d.teacher, { beta: 0.5 }), true),
+    contenders: { torch: 'jsd' },
+  },
+  {
+    name: 'tfjs-kd-loss-step',
+    title: 'tfjs adapter: variableGrads(kdLoss) step',
+    suite: 'call_path',
+    dtypes: ['f32'],
+    allThreadsOnly: true,
+    unavailable: () => (typeof tfjs === 'string' ? tfjs : d0(tfjs)),
+    traffic: (s, dt) => lossTraffic(s, dt),
+    make(d: CaseData) {
+      const { tf, adapter } = tfjs as { tf: Tfjs; adapter: Adapter };
+      const v = tf.variable(tf.tensor(d.host.student as Float32Array, [d.N, d.V], 'float32'));
+      const step = () => {
+        const { value, grads } = tf.variableGrads(() => adapter.kdLoss(v, d.teacher), [v]);
+        const x = value.dataSync()[0]!;
+        value.dispose();
+        for (const g of Object.values(grads)) g.dispose();
+        return x;
+      };
+      return { run: () => void step(), value: step, dispose: () => v.dispose() };
+    },
+  },
+];
+
+/** tf's backend must be the pure-JS CPU one the adapter targets. */
+function d0(t: { tf: Tfjs }): string | undefined {
+  return t.tf.getBackend() === 'cpu' ? undefined : `tf backend is '${t.tf.getBackend()}', not 'cpu'`;
+}

@@ -1,0 +1,78 @@
+/**
+ * Memory the library holds for its outputs, and its bound.
+ *
+ * CPU: outputs the ops allocate (gradients, per-token vectors, top-k results, sampled
+ * ids; 64 KiB and larger) come from one native pool of reusable blocks that are not
+ * zero-filled (every kernel writes every element it returns). `dispose()` hands a block
+ * back at once (and detaches its ArrayBuffer); a tensor collected without dispose()
+ * hands it back from its finalizer, which runs on a later turn of the event loop. The
+ * pool keeps idle blocks for reuse (at most 32 per size) up to its cap (idle + in use,
+ * default 1 GiB); an
+ * output that would pass the cap is a plain ArrayBuffer instead (counted in `overCap`).
+ * CUDA: the stream-ordered device pool, where the build has one.
+ */
+import { binding } from './native.js';
+import { expectInt } from './validate.js';
+
+export interface CpuMemory {
+  /** Idle bytes kept for reuse. */
+  pooledBytes: number;
+  /** Bytes held by output tensors not yet disposed or finalized. */
+  inUseBytes: number;
+  /** Bound on pooledBytes + inUseBytes (kd.setMemoryLimit). */
+  capBytes: number;
+  /** Outputs smaller than this are plain ArrayBuffers. */
+  minBytes: number;
+  /** Outputs served from an idle block / from new memory / as plain arrays because of the cap. */
+  reused: number;
+  fresh: number;
+  overCap: number;
+}
+
+export interface CudaMemory {
+  device: number;
+  /** Device memory the stream-ordered pool holds (used + idle). */
+  reservedBytes: number;
+  usedBytes: number;
+}
+
+export interface Memory {
+  cpu: CpuMemory;
+  /** Present when the build has a CUDA pool and a device is available. */
+  cuda?: CudaMemory[];
+}
+
+function cudaDevices(): number[] {
+  const b = binding();
+  if (typeof b.cudaPoolInfo !== 'function') return [];
+  const c = b.backends().cuda;
+  return c.available ? c.devices.map((d) => d.index) : [];
+}
+
+/** What the output pools hold now. */
+export function memory(): Memory {
+  const b = binding();
+  const r: Memory = { cpu: b.poolInfo() };
+  const devs = cudaDevices();
+  if (devs.length) r.cuda = devs.map((d) => ({ device: d, ...b.cudaPoolInfo!(d) }));
+  return r;
+}
+
+/**
+ * Caps the CPU output pool (idle + in-use bytes; default 1 GiB). Idle blocks beyond the
+ * new cap are freed now; 0 turns pooling off (every output a plain ArrayBuffer).
+ */
+export function setMemoryLimit(bytes: number): void {
+  binding().poolSetCap(expectInt('bytes', bytes, 0, Number.MAX_SAFE_INTEGER));
+}
+
+/**
+ * Frees idle pooled memory, keeping at most `keepBytes` (default 0) idle on the CPU and
+ * on each CUDA device. Memory held by live tensors is not touched.
+ */
+export function trimMemory(keepBytes = 0): void {
+  const keep = expectInt('keepBytes', keepBytes, 0, Number.MAX_SAFE_INTEGER);
+  const b = binding();
+  b.poolTrim(keep);
+  for (const d of cudaDevices()) b.cudaPoolTrim!(d, keep);
+}

@@ -1,0 +1,343 @@
+// The host output pool (pool.h) and its Node-API face: poolAlloc hands out a block as an
+// external ArrayBuffer; poolRelease (Tensor.dispose) detaches that ArrayBuffer, so every
+// view of it reads as length 0 and can never see the block's next use, and returns the
+// block at once; the ArrayBuffer's finalizer returns it when a tensor is collected
+// without dispose(). Each block handed out has one Lease; whichever of the two paths
+// comes first returns the block, the other finds the lease returned and does nothing.
+#include "binding/pool.h"
+
+#include <napi.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <string>
+
+#include "binding/args.h"
+#include "common/tuning.h"
+
+namespace kd::binding {
+
+HostPool& HostPool::Get() {
+  static HostPool* pool = new HostPool();  // intentionally never destroyed (see pool.h)
+  return *pool;
+}
+
+HostPool::HostPool() {
+  st_.cap = size_t(tuning::kPoolDefaultCapBytes);
+  st_.min_bytes = size_t(tuning::kPoolMinBytes);
+}
+
+size_t HostPool::ClassBytes(size_t bytes) {
+  const size_t align = size_t(tuning::kPoolAlign);
+  if (bytes <= align) return align;
+  // the smallest 2^k * (q / kPoolClassesPerOctave), q in [Q, 2Q), at least bytes
+  const size_t q = size_t(tuning::kPoolClassesPerOctave);
+  size_t pow = 1;
+  while (pow * 2 <= bytes) pow *= 2;  // pow <= bytes < 2 pow
+  size_t step = pow / q;
+  if (step < align) step = align;
+  size_t c = (bytes + step - 1) / step * step;
+  return c;
+}
+
+void* HostPool::Acquire(size_t bytes, bool* oom) {
+  *oom = false;
+  const size_t cls = ClassBytes(bytes);
+  std::vector<void*> to_free;
+  void* p = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = idle_.find(cls);
+    if (it != idle_.end() && !it->second.empty()) {
+      p = it->second.back();
+      it->second.pop_back();
+      st_.pooled -= cls;
+      st_.in_use += cls;
+      st_.reused++;
+    } else {
+      if (st_.in_use + cls > st_.cap) {
+        st_.over_cap++;
+        return nullptr;
+      }
+      // make room among the idle blocks of other classes
+      if (st_.in_use + st_.pooled + cls > st_.cap) TrimLocked(st_.cap - st_.in_use - cls, &to_free);
+      st_.in_use += cls;  // reserved; allocated below, outside the lock
+      st_.fresh++;
+    }
+  }
+  for (void* f : to_free) std::free(f);
+  if (!p) {
+    p = std::aligned_alloc(size_t(tuning::kPoolAlign), cls);
+    if (!p) {
+      std::lock_guard<std::mutex> lock(mu_);
+      st_.in_use -= cls;
+      st_.fresh--;
+      *oom = true;
+      return nullptr;
+    }
+  }
+  int poison = poison_;
+  if (poison >= 0) std::memset(p, poison, cls);
+  return p;
+}
+
+void HostPool::Release(void* p, size_t bytes) {
+  const size_t cls = ClassBytes(bytes);
+  bool keep;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    st_.in_use -= cls;
+    auto& idle = idle_[cls];
+    keep = st_.in_use + st_.pooled + cls <= st_.cap && idle.size() < size_t(tuning::kPoolMaxIdlePerClass);
+    if (keep) {
+      idle.push_back(p);
+      st_.pooled += cls;
+    }
+  }
+  if (!keep) std::free(p);
+}
+
+void HostPool::TrimLocked(size_t keep, std::vector<void*>* to_free) {
+  // largest classes first: the fewest frees for the most bytes
+  for (auto it = idle_.rbegin(); it != idle_.rend() && st_.pooled > keep; ++it) {
+    while (!it->second.empty() && st_.pooled > keep) {
+      to_free->push_back(it->second.back());
+      it->second.pop_back();
+      st_.pooled -= it->first;
+    }
+  }
+}
+
+void HostPool::Trim(size_t keep) {
+  std::vector<void*> to_free;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    TrimLocked(keep, &to_free);
+  }
+  for (void* f : to_free) std::free(f);
+}
+
+void HostPool::SetCap(size_t cap) {
+  std::vector<void*> to_free;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    st_.cap = cap;
+    TrimLocked(cap > st_.in_use ? cap - st_.in_use : 0, &to_free);
+  }
+  for (void* f : to_free) std::free(f);
+}
+
+void HostPool::SetMinBytes(size_t b) {
+  std::lock_guard<std::mutex> lock(mu_);
+  st_.min_bytes = b;
+}
+
+HostPool::Stats HostPool::GetStats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return st_;
+}
+
+namespace {
+
+// One block handed out as one ArrayBuffer.
+struct Lease {
+  void* ptr;
+  size_t bytes;
+  bool returned = false;  // guarded by LeaseMutex()
+  // Only on the thread (JS environment) that created it:
+  napi_ref weak = nullptr;  // weak reference to the ArrayBuffer (reclaim, below)
+  bool finalized = false;   // its finalizer ran
+  bool listed = true;       // in this thread's Outstanding() list
+};
+
+// Leases handed out on this thread, oldest first, for reclaiming blocks of ArrayBuffers
+// that V8 has collected but whose finalizers have not run yet. Node runs those
+// finalizers from the event loop (an immediate), so a synchronous loop that drops its
+// outputs without dispose() would otherwise take fresh memory every call until it
+// yields. A collected ArrayBuffer clears its weak reference during GC: from then on no
+// JS value can reach the block, and it is returned at once. Only where no ArrayBuffer
+// transfer can move a pooled block's memory to another ArrayBuffer (the JS side probes
+// this once: structuredClone / ArrayBuffer.prototype.transfer must copy), since a moved
+// block would outlive the ArrayBuffer the reference watches.
+struct Outstanding {
+  std::deque<Lease*> q;
+  bool reclaim = false;  // poolReclaim(true), after lib/tensor.ts's transfer probe
+  ~Outstanding() {  // thread exit: the env's finalizers ran at its teardown
+    for (Lease* l : q) {
+      if (l->finalized) delete l;
+      else l->listed = false;
+    }
+  }
+};
+thread_local Outstanding outstanding;
+
+std::mutex& LeaseMutex() {
+  static auto* m = new std::mutex();
+  return *m;
+}
+// Live leases by block address: poolRelease finds the lease of an ArrayBuffer from its
+// data pointer (a detached ArrayBuffer has none, so a stale one never matches).
+std::unordered_map<void*, Lease*>& Leases() {
+  static auto* m = new std::unordered_map<void*, Lease*>();
+  return *m;
+}
+
+// Marks the lease returned and gives its block back; false if it already was.
+bool ReturnLease(Lease* l) {
+  {
+    std::lock_guard<std::mutex> lock(LeaseMutex());
+    if (l->returned) return false;
+    l->returned = true;
+    Leases().erase(l->ptr);
+  }
+  HostPool::Get().Release(l->ptr, l->bytes);
+  return true;
+}
+
+bool Collected(napi_env env, Lease* l) {
+  napi_value v = nullptr;
+  if (!l->weak || napi_get_reference_value(env, l->weak, &v) != napi_ok) return false;
+  return v == nullptr;
+}
+
+// Looks at up to `budget` of the oldest leases of this thread: forgets those already
+// returned, returns the blocks of collected ArrayBuffers, moves live ones to the back.
+// Amortised O(1) per allocation, and the list stays as long as the live leases.
+void Sweep(napi_env env, int budget) {
+  auto& q = outstanding.q;
+  for (int i = 0; i < budget && !q.empty(); ++i) {
+    Lease* l = q.front();
+    q.pop_front();
+    bool returned;
+    {
+      std::lock_guard<std::mutex> lock(LeaseMutex());
+      returned = l->returned;
+    }
+    if (!returned && outstanding.reclaim && Collected(env, l)) {
+      ReturnLease(l);
+      returned = true;
+    }
+    if (!returned) {
+      q.push_back(l);
+      continue;
+    }
+    l->listed = false;
+    if (l->finalized) delete l;
+  }
+}
+
+double SizeArg(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (!info[i].IsNumber()) Throw(info.Env(), "KD_EINVAL", std::string(what) + " must be a number of bytes");
+  double b = info[i].As<Napi::Number>().DoubleValue();
+  if (!(b >= 0 && b <= 9.0e15)) Throw(info.Env(), "KD_ERANGE", std::string(what) + " out of range");
+  return b;
+}
+
+// poolAlloc(bytes) -> ArrayBuffer of exactly `bytes`, not zero-filled, or undefined
+// (below the pool's minimum size, or over its cap: the caller allocates a plain one).
+Napi::Value PoolAlloc(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  size_t bytes = size_t(SizeArg(info, 0, "poolAlloc: bytes"));
+  HostPool& pool = HostPool::Get();
+  if (bytes == 0 || bytes < pool.GetStats().min_bytes) return env.Undefined();
+  Sweep(env, tuning::kPoolSweepPerAlloc);
+  bool oom = false;
+  void* p = pool.Acquire(bytes, &oom);
+  if (oom) Throw(env, "KD_ENOMEM", "cannot allocate " + std::to_string(HostPool::ClassBytes(bytes)) + " bytes for an output");
+  if (!p) return env.Undefined();
+  auto* lease = new Lease{p, bytes};
+  {
+    std::lock_guard<std::mutex> lock(LeaseMutex());
+    Leases()[p] = lease;
+  }
+  // The finalizer runs on this thread's event loop once V8 has freed the backing store
+  // (or at environment teardown, e.g. worker termination).
+  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, p, bytes, [](Napi::Env env, void*, Lease* l) {
+    ReturnLease(l);
+    if (l->weak) napi_delete_reference(env, l->weak);
+    l->weak = nullptr;
+    l->finalized = true;
+    if (!l->listed) delete l;
+  }, lease);
+  if (napi_create_reference(env, ab, 0, &lease->weak) != napi_ok) lease->weak = nullptr;
+  outstanding.q.push_back(lease);
+  return ab;
+}
+
+// poolRelease(arrayBuffer) -> true if the ArrayBuffer held a pooled block, which is
+// now detached and back in the pool; false for any other (or already detached) one.
+Napi::Value PoolRelease(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArrayBuffer()) Throw(env, "KD_EINVAL", "poolRelease: expected an ArrayBuffer");
+  Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
+  if (ab.IsDetached()) return Napi::Boolean::New(env, false);
+  void* p = ab.Data();
+  Lease* l = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(LeaseMutex());
+    auto it = Leases().find(p);
+    if (it != Leases().end() && it->second->bytes == ab.ByteLength()) l = it->second;
+  }
+  if (!l) return Napi::Boolean::New(env, false);
+  ab.Detach();  // first: no view may see the block once it can be handed out again
+  return Napi::Boolean::New(env, ReturnLease(l));
+}
+
+Napi::Value PoolInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  HostPool::Stats s = HostPool::Get().GetStats();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("pooledBytes", double(s.pooled));
+  o.Set("inUseBytes", double(s.in_use));
+  o.Set("capBytes", double(s.cap));
+  o.Set("minBytes", double(s.min_bytes));
+  o.Set("reused", double(s.reused));
+  o.Set("fresh", double(s.fresh));
+  o.Set("overCap", double(s.over_cap));
+  return o;
+}
+
+Napi::Value PoolSetCap(const Napi::CallbackInfo& info) {
+  HostPool::Get().SetCap(size_t(SizeArg(info, 0, "capBytes")));
+  return info.Env().Undefined();
+}
+
+Napi::Value PoolTrim(const Napi::CallbackInfo& info) {
+  HostPool::Get().Trim(size_t(SizeArg(info, 0, "keepBytes")));
+  return info.Env().Undefined();
+}
+
+// poolReclaim(enable): lets this thread return blocks of collected ArrayBuffers before
+// their finalizers run (see Outstanding); lib/tensor.ts enables it after its probe.
+Napi::Value PoolReclaim(const Napi::CallbackInfo& info) {
+  outstanding.reclaim = info[0].ToBoolean().Value();
+  return info.Env().Undefined();
+}
+
+// poolDebug(poisonByte, minBytes): tests only (poison -1 = off).
+Napi::Value PoolDebug(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber()) Throw(env, "KD_EINVAL", "poolDebug: poison byte must be a number");
+  int poison = info[0].As<Napi::Number>().Int32Value();
+  if (poison < -1 || poison > 255) Throw(env, "KD_ERANGE", "poolDebug: poison byte must be -1..255");
+  size_t min_bytes = size_t(SizeArg(info, 1, "poolDebug: minBytes"));
+  HostPool::Get().SetPoison(poison);
+  HostPool::Get().SetMinBytes(min_bytes);
+  return env.Undefined();
+}
+
+}  // namespace
+
+Napi::Object InitPool(Napi::Env env, Napi::Object exports) {
+  exports.Set("poolAlloc", Napi::Function::New(env, PoolAlloc));
+  exports.Set("poolRelease", Napi::Function::New(env, PoolRelease));
+  exports.Set("poolInfo", Napi::Function::New(env, PoolInfo));
+  exports.Set("poolSetCap", Napi::Function::New(env, PoolSetCap));
+  exports.Set("poolTrim", Napi::Function::New(env, PoolTrim));
+  exports.Set("poolDebug", Napi::Function::New(env, PoolDebug));
+  exports.Set("poolReclaim", Napi::Function::New(env, PoolReclaim));
+  return exports;
+}
+
+}  // namespace kd::binding
