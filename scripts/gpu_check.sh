@@ -137,7 +137,7 @@ step() {  # step NAME command...: runs it within its limit and what is left of t
 
 step info node --import tsx bin/kd-kernels.ts info
 if ! grep -q 'available yes' "$LOG/info.log"; then
-  RESULT[info]="CUDA NOT AVAILABLE: $(grep -m1 -i 'cuda' "$LOG/info.log")"
+  RESULT[info]="CUDA NOT AVAILABLE: $(grep -m1 '^cuda:' "$LOG/info.log" | tr -s ' ')"
   summary
   exit 1
 fi
@@ -146,7 +146,7 @@ step tests node node_modules/vitest/vitest.mjs run "${CUDA_TESTS[@]}" \
 tests_line=$(node -e 'try{const r=require(process.argv[1]);console.log(`${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests} skipped`)}catch(e){console.log("no report")}' "$LOG/vitest-cuda.json")
 RESULT[tests]="${RESULT[tests]}: $tests_line"
 step sanitizer env KD_SANITIZE_LOGS="$LOG/sanitize" bash scripts/sanitize.sh --cuda "${SANITIZE_TESTS[@]}"
-RESULT[sanitizer]="${RESULT[sanitizer]}: $(grep -E 'ERROR SUMMARY|reported errors|skipped' "$LOG/sanitizer.log" | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
+RESULT[sanitizer]="${RESULT[sanitizer]}: $(grep -E '^sanitize --cuda' "$LOG/sanitizer.log" | sed 's/^sanitize --cuda: //' | tr '\n' ';')"
 export KD_TORCH_DEADLINE_S=45  # torch_bench.py stops starting measurements after this
 step bench node --import tsx bench/run.ts --device cuda --quick --contenders torch --out "$LOG/bench"
 step bench_bf16 node --import tsx bench/run.ts --device cuda --op forward-kl --dtype bf16 \
