@@ -143,7 +143,7 @@ if ! grep -q 'available yes' "$LOG/info.log"; then
   summary
   exit 1
 fi
-step tests node node_modules/vitest/vitest.mjs run "${CUDA_TESTS[@]}" \
+step tests node node_modules/vitest/vitest.mjs run "${CUDA_TESTS[@]}" --testTimeout=60000 \
   --reporter=default --reporter=json --outputFile.json="$LOG/vitest-cuda.json"
 tests_line=$(node -e 'try{const r=require(process.argv[1]);console.log(`${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests} skipped`)}catch(e){console.log("no report")}' "$LOG/vitest-cuda.json")
 RESULT[tests]="${RESULT[tests]}: $tests_line"
