@@ -61,6 +61,9 @@
 // reported from a kernel: that row's hard loss is NaN and, when hard_weight != 0, its
 // total and gradient are NaN too (lib/ range-checks labels before the launch).
 #include <climits>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "common/arg_checks.h"
 #include "common/divergence.h"
@@ -425,11 +428,53 @@ __global__ void __launch_bounds__(tuning::kCudaReduceThreads)
 // The plan (common/cuda_plan.h plan_divergence_rows) on this device: its shared-memory
 // attributes (cached per device), the kernel's static shared memory, and whether
 // clusters can run (occupancy query per candidate cluster size).
+// Plans are cached per (kernel, device, V, dtypes, restage): the attribute and occupancy
+// queries cost tens of microseconds, as much as a small call's kernels. Bounded: cleared
+// when it holds kPlanCacheMax plans (a trainer uses a handful of shapes).
+struct PlanKey {
+  const void* kernel;
+  int dev;
+  int64_t v;
+  int32_t s_dt, t_dt;
+  bool teacher, restage;
+  bool operator<(const PlanKey& o) const {
+    return std::tie(kernel, dev, v, s_dt, t_dt, teacher, restage) <
+           std::tie(o.kernel, o.dev, o.v, o.s_dt, o.t_dt, o.teacher, o.restage);
+  }
+};
+constexpr size_t kPlanCacheMax = 1024;
+std::mutex g_plan_mu;
+std::map<PlanKey, RowPlan> g_plans;
+
+template <class K>
+Status plan_rows_uncached(K kernel, int dev, int64_t v, int32_t s_dt, int32_t t_dt, bool teacher, bool restage,
+                          RowPlan* out);
+
 template <class K>
 Status plan_rows(K kernel, int device, int64_t v, int32_t s_dt, int32_t t_dt, bool teacher, bool restage,
                  RowPlan* out) {
   int dev = device;
   if (dev < 0) KD_CUDA_TRY(cudaGetDevice(&dev));
+  const PlanKey key{reinterpret_cast<const void*>(kernel), dev, v, s_dt, t_dt, teacher, restage};
+  {
+    std::lock_guard<std::mutex> lk(g_plan_mu);
+    auto it = g_plans.find(key);
+    if (it != g_plans.end()) {
+      *out = it->second;
+      return ok_status();
+    }
+  }
+  Status s = plan_rows_uncached(kernel, dev, v, s_dt, t_dt, teacher, restage, out);
+  if (!s.ok()) return s;
+  std::lock_guard<std::mutex> lk(g_plan_mu);
+  if (g_plans.size() >= kPlanCacheMax) g_plans.clear();
+  g_plans.emplace(key, *out);
+  return ok_status();
+}
+
+template <class K>
+Status plan_rows_uncached(K kernel, int dev, int64_t v, int32_t s_dt, int32_t t_dt, bool teacher, bool restage,
+                          RowPlan* out) {
   int major = 0;
   KD_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   SmemLimits L;
