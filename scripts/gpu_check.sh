@@ -26,8 +26,9 @@
 #                                  (eager / torch.compile losses, torch.topk; Liger's
 #                                  kernels when liger_kernel is importable)
 #                               5. bench_bf16: bf16 forward KL at 8192x151936 vs its floor
-#                               and prints the summary table last. Logs and JSON go to $OUT
-#                               (the device tool brings them back) or .ci/logs/gpu.
+#                               and prints the summary table last. With $OUT set (the
+#                               device tool) it leaves there summary.txt and
+#                               gpu_check_logs.tgz (every log and JSON); else .ci/logs/gpu.
 #                               Without a GPU it says why, skips every step (the table
 #                               says so) and exits 3 at once: test/gpu_check.test.ts runs
 #                               that path in the normal suite.
@@ -81,13 +82,25 @@ fi
 [ "$MODE" = run ] || { echo "usage: scripts/gpu_check.sh pack|run|plan" >&2; exit 2; }
 
 T0=$SECONDS
-LOG=${OUT:-$ROOT/.ci/logs/gpu}
+# Logs: .ci/logs/gpu; on the device tool's machine ($OUT set) a scratch folder, packed at
+# the end into $OUT/gpu_check_logs.tgz next to $OUT/summary.txt (the tool brings back at
+# most 8 files, and the sanitizer alone writes one log per process).
+if [ -n "${OUT:-}" ]; then
+  LOG=$(mktemp -d /tmp/kd-gpu-check.XXXXXX)
+  trap 'tar -C "$LOG" -czf "$OUT/gpu_check_logs.tgz" . 2> /dev/null; rm -rf "$LOG"' EXIT
+else
+  LOG=$ROOT/.ci/logs/gpu
+fi
 mkdir -p "$LOG"
 declare -A RESULT
 summary() {
-  echo
-  echo "=== summary (gpu_check, $((SECONDS - T0)) s)"
-  for s in "${STEPS[@]}"; do printf '%-11s %s\n' "${s%%:*}" "${RESULT[${s%%:*}]:-not run}"; done
+  {
+    echo
+    echo "=== summary (gpu_check, $((SECONDS - T0)) s)"
+    for s in "${STEPS[@]}"; do printf '%-11s %s\n' "${s%%:*}" "${RESULT[${s%%:*}]:-not run}"; done
+  } | tee "$LOG/summary.txt"
+  [ -n "${OUT:-}" ] && cp "$LOG/summary.txt" "$OUT/summary.txt"
+  return 0
 }
 
 # ---- is there a GPU? (before unpacking anything: the no-GPU path must be quick) -------
@@ -155,10 +168,13 @@ step bench_bf16 node --import tsx bench/run.ts --device cuda --op forward-kl --d
   --shape 8192x151936 --contenders none --out "$LOG/bench-bf16"
 
 summary
-echo "--- CUDA rows (ms = median; 'of floor' = device triad time / ours, same run; 'vs torch-*' = their time / ours)"
-grep -hE '^(op|forward-kl|reverse-kl|jsd|tvd|skew|distillation|token-stats|topk|sample|sparse)' "$LOG/bench.log" "$LOG/bench_bf16.log" 2> /dev/null |
-  grep -E '^op|cuda' | cut -c1-200
-grep -hE 'torch|liger' "$LOG/bench.log" 2> /dev/null | grep -v '^=== ' | cut -c1-200 | head -n 20
+{
+  echo "--- CUDA rows (ms = median; 'of floor' = device triad time / ours, same run; 'vs torch' = their time / ours)"
+  grep -hE '^(op|forward-kl|reverse-kl|jsd|tvd|skew|distillation|token-stats|topk|sample|sparse)' "$LOG/bench.log" "$LOG/bench_bf16.log" 2> /dev/null |
+    grep -E '^op|cuda' | cut -c1-200
+  grep -hE '^(contender|torch|liger)' "$LOG/bench.log" 2> /dev/null | cut -c1-200 | head -n 24
+} | tee -a "$LOG/summary.txt"
+[ -n "${OUT:-}" ] && cp "$LOG/summary.txt" "$OUT/summary.txt"
 fails=0
 for s in "${STEPS[@]}"; do case "${RESULT[${s%%:*}]}" in ok*) ;; *) fails=1 ;; esac; done
 exit $fails
