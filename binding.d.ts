@@ -34,6 +34,51 @@ export interface OpArgs {
   [key: string]: TensorDesc | number | boolean | bigint | undefined;
 }
 
+export type CudaDebugPlanArgs =
+  | {
+      op: 'divergence';
+      v: number;
+      sDtype?: number;
+      tDtype?: number;
+      teacher?: boolean;
+      restage?: boolean;
+      perSm: number;
+      reservedPerBlock: number;
+      optinPerBlock: number;
+      staticBytes?: number;
+      clusters?: boolean;
+      maxCluster?: number;
+    }
+  | { op: 'sparse'; k: number; bucket?: boolean }
+  | { op: 'sample'; v: number };
+
+export interface CudaDebugPlan {
+  cl?: number;
+  stageSweeps?: number;
+  smem?: number;
+  budget?: number;
+  perSweep?: number;
+  scratch?: number;
+  rowThreads?: number;
+  blocksPerSm?: number;
+  maxDynamicSmem?: number;
+  residentDynamicSmem?: number;
+  fitsCalls?: number;
+  teacherStageOffset?: number;
+  /** Per cluster rank: [c0, c1, nchunks, sweeps]. */
+  slices?: [number, number, number, number][];
+  p2?: number;
+  hsize?: number;
+  bytes?: number;
+  chunks?: number;
+}
+
+export interface CudaDebugRowStats {
+  ms: number; ss: number; mt: number; st: number;
+  a: number; b: number; dq: number; dp: number;
+  forwardKl: number; reverseKl: number; studentEntropy: number; teacherEntropy: number;
+}
+
 export interface Binding {
   setErrorClass(cls: new (message: string, code: string) => Error): void;
   backends(): RawBackends;
@@ -45,6 +90,29 @@ export interface Binding {
   cudaCopy(mem: DeviceMemoryHandle, offset: number, host: ArrayBufferView, toDevice: boolean): void;
   memInfo(mem: DeviceMemoryHandle): { ptr: bigint; bytes: number; freed: boolean; owned: boolean };
   synchronize(device: number, stream?: bigint): void;
+  /**
+   * The library's CUDA memory pool of a device (native/cuda/runtime.cu): bytes reserved
+   * from the driver and bytes in live allocations. Throws KdError KD_EDEVICE (with the
+   * reason) on a build or machine without CUDA, KD_EINVAL for a bad argument.
+   */
+  cudaPoolInfo(device: number): { reservedBytes: number; usedBytes: number };
+  /**
+   * Waits for the library's stream of the device, then returns reserved pool memory to the
+   * driver until at most keepBytes stay reserved (cudaMemPoolTrimTo). Errors as cudaPoolInfo.
+   */
+  cudaPoolTrim(device: number, keepBytes: number): void;
+
+  /** Tests only (native/binding/cuda_debug.cc): the CUDA kernels' plans and row statistics run on the CPU. */
+  cudaDebugPlan(o: CudaDebugPlanArgs): CudaDebugPlan;
+  cudaDebugStageOffset(sweep: number, word: number, words: number, tid: number): number;
+  cudaDebugRowStats(o: {
+    s: Float32Array;
+    t: Float32Array;
+    v: number;
+    cl?: number;
+    temperature?: number;
+    teacherLogprobs?: boolean;
+  }): CudaDebugRowStats;
 
   /** Host output pool (native/binding/pool.cc): undefined below minBytes or over the cap. */
   poolAlloc(bytes: number): ArrayBuffer | undefined;
@@ -56,9 +124,6 @@ export interface Binding {
   poolDebug(poisonByte: number, minBytes: number): void;
   /** Reclaim blocks of collected ArrayBuffers before their finalizers run (this thread). */
   poolReclaim(enable: boolean): void;
-  /** CUDA stream-ordered pool (added by the CUDA pool work; absent in older builds). */
-  cudaPoolInfo?(device: number): { reservedBytes: number; usedBytes: number };
-  cudaPoolTrim?(device: number, keepBytes: number): void;
 
   triad(args: OpArgs): undefined | Promise<void>;
   divergence(args: OpArgs): undefined | Promise<void>;

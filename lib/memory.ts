@@ -38,14 +38,12 @@ export interface CudaMemory {
 
 export interface Memory {
   cpu: CpuMemory;
-  /** Present when the build has a CUDA pool and a device is available. */
+  /** Present when CUDA is available (one entry per device). */
   cuda?: CudaMemory[];
 }
 
 function cudaDevices(): number[] {
-  const b = binding();
-  if (typeof b.cudaPoolInfo !== 'function') return [];
-  const c = b.backends().cuda;
+  const c = binding().backends().cuda;
   return c.available ? c.devices.map((d) => d.index) : [];
 }
 
@@ -54,7 +52,7 @@ export function memory(): Memory {
   const b = binding();
   const r: Memory = { cpu: b.poolInfo() };
   const devs = cudaDevices();
-  if (devs.length) r.cuda = devs.map((d) => ({ device: d, ...b.cudaPoolInfo!(d) }));
+  if (devs.length) r.cuda = devs.map((d) => ({ device: d, ...b.cudaPoolInfo(d) }));
   return r;
 }
 
@@ -74,5 +72,5 @@ export function trimMemory(keepBytes = 0): void {
   const keep = expectInt('keepBytes', keepBytes, 0, Number.MAX_SAFE_INTEGER);
   const b = binding();
   b.poolTrim(keep);
-  for (const d of cudaDevices()) b.cudaPoolTrim!(d, keep);
+  for (const d of cudaDevices()) b.cudaPoolTrim(d, keep);
 }

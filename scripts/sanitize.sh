@@ -8,7 +8,9 @@
 #                                  fails on any sanitizer report.
 #   scripts/sanitize.sh --cuda     compute-sanitizer memcheck and racecheck over the tests
 #                                  with a CUDA build (build/Release, or KD_ADDON_PATH);
-#                                  needs a GPU (skips, saying so, without one).
+#                                  needs a GPU (skips, saying so, without one). Pass test
+#                                  files to run only those (scripts/gpu_check.sh passes
+#                                  test/cuda_sanitize.test.ts: every kernel on few rows).
 #
 # Options / environment:
 #   --no-build            reuse build-asan as it is
@@ -63,7 +65,10 @@ if [ "$CUDA_MODE" = 1 ]; then
     rc=${PIPESTATUS[0]}
     # any "ERROR SUMMARY: n errors" with n > 0 is a failure, whatever vitest said
     if grep -hE 'ERROR SUMMARY: [1-9]' "$LOGDIR"/"$tool".*.log 2> /dev/null; then rc=99; fi
-    [ "$rc" = 0 ] || { echo "sanitize --cuda: $tool reported errors (exit $rc; logs in $LOGDIR)"; STATUS=1; }
+    procs=$(grep -l 'ERROR SUMMARY' "$LOGDIR"/"$tool".*.log 2> /dev/null | wc -l)
+    tests=$( [ -s "$LOGDIR/vitest-$tool.json" ] && vitest_json "$LOGDIR/vitest-$tool.json" | awk '{print $1" passed, "$2" failed"}')
+    if [ "$rc" = 0 ]; then echo "sanitize --cuda: $tool: no errors ($procs processes checked; tests ${tests:-?})"
+    else echo "sanitize --cuda: $tool reported errors (exit $rc; tests ${tests:-?}; logs in $LOGDIR)"; STATUS=1; fi
   done
   exit $STATUS
 fi

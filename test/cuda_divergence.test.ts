@@ -3,6 +3,7 @@
  * compared with the float64 reference (same tolerances) AND with the CPU path, plus
  * determinism across runs and a caller stream. Skipped, saying why, without a GPU.
  */
+import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
 import * as kd from '../lib/index.js';
 import { build, caseName, check, lossOptions, runNative, type DivCase } from './divergence_cases.js';
@@ -93,6 +94,26 @@ describe.skipIf(!CUDA)(`CUDA divergences ${CUDA_SKIP_REASON}`, () => {
     const bits = runs.map((r) => Buffer.from(r.grad!.toArray().buffer));
     for (const r of runs) expect(r.loss.item()).toBe(runs[0]!.loss.item());
     for (const x of bits) expect(x.equals(bits[0]!)).toBe(true);
+  });
+
+  it('two worker threads launching plans of different shared-memory sizes at once: no launch error, same bits', async () => {
+    // f32 V = 151936: an 8-block cluster with ~113 KB per block on an H100; V = 8192: one
+    // block with ~66 KB. Both need the dynamic shared-memory attribute of the same kernel;
+    // it must never be lowered under the other thread's launch (docs/CUDA_REVIEW.md #1).
+    const run = (data: object) =>
+      new Promise<{ loss?: number; same?: boolean; error?: string }>((resolve, reject) => {
+        const entry = new URL('./fixtures/cuda_smem_worker.ts', import.meta.url).href;
+        const w = new Worker(new URL('./fixtures/ts_worker.mjs', import.meta.url), { workerData: { ...data, entry } });
+        w.once('message', (m) => { resolve(m); void w.terminate(); });
+        w.once('error', reject);
+      });
+    const shapes = [{ n: 4, v: 151936, reps: 40, seed: 3 }, { n: 16, v: 8192, reps: 40, seed: 4 }];
+    const got = await Promise.all(shapes.map(run));
+    for (const [i, g] of got.entries()) {
+      expect(g.error, JSON.stringify(shapes[i])).toBeUndefined();
+      expect(g.same).toBe(true);
+      expect(Number.isFinite(g.loss)).toBe(true);
+    }
   });
 
   it('tokenStats matches the CPU path', () => {

@@ -20,6 +20,15 @@ Semantics as the library's defaults: temperature 1, reduction 'batchmean' (sum /
 the gradient w.r.t. the student logits. bf16 inputs are upcast inside log_softmax
 (dtype=torch.float32), as a careful PyTorch user does; the gradient comes back in bf16.
 
+What a Liger-Kernel user runs is Liger's Triton kernels on top of torch's log_softmax
+(LigerKLDIVLoss, LigerJSD take log-probs); the eager losses above are the torch
+references Liger's own tests compare them with. When liger_kernel is importable (it is
+not in the GPU image: carry its wheel, see scripts/gpu_check.sh) the "liger" contender
+times log_softmax + LigerKLDIVLoss / LigerJSD, forward + backward.
+
+KD_TORCH_DEADLINE_S (environment): stop starting new measurements after that many
+seconds (a note says what was left out), so a caller with a time budget gets results.
+
 Output: one JSON line per measurement, e.g.
   {"contender": "torch-eager", "op": "forward-kl", "N": 512, "V": 32000, "dtype": "f32", "ms": [..]}
 and the device's own bandwidth on the same bytes ("torch-triad": c = a + b), plus
@@ -85,6 +94,45 @@ def main():
         return (BETA * kl_t + (1 - BETA) * kl_s).sum() / s.shape[0]
 
     losses = {"forward-kl": fkl, "reverse-kl": rkl, "jsd": jsd}
+
+    # Liger-Kernel (optional): its kernels take log-probs; the softmax stays torch's.
+    liger = {}
+    try:
+        from liger_kernel.transformers import LigerJSD, LigerKLDIVLoss  # type: ignore
+
+        liger_kl = LigerKLDIVLoss(reduction="batchmean", log_target=True)
+        liger_jsd = LigerJSD(beta=BETA)
+
+        def liger_fkl(s, t):
+            lq = F.log_softmax(s, dim=-1, dtype=torch.float32)
+            lp = F.log_softmax(t, dim=-1, dtype=torch.float32)
+            return liger_kl(lq, lp)
+
+        def liger_rkl(s, t):
+            lq = F.log_softmax(s, dim=-1, dtype=torch.float32)
+            lp = F.log_softmax(t, dim=-1, dtype=torch.float32)
+            return liger_kl(lp, lq)
+
+        def liger_jsd_loss(s, t):
+            # LigerJSD(log_q = student, log_p = teacher): beta weights the teacher side, as TRL
+            lq = F.log_softmax(s, dim=-1, dtype=torch.float32)
+            lp = F.log_softmax(t, dim=-1, dtype=torch.float32)
+            return liger_jsd(lq, lp)
+
+        liger = {"forward-kl": liger_fkl, "reverse-kl": liger_rkl, "jsd": liger_jsd_loss}
+    except Exception as e:  # noqa: BLE001
+        emit({"note": f"liger: not measured (liger_kernel not importable: {str(e).splitlines()[0] if str(e) else type(e).__name__})"})
+
+    import os
+
+    deadline = float(os.environ.get("KD_TORCH_DEADLINE_S", "0") or 0)
+    t_start = time.monotonic()
+
+    def out_of_time(what):
+        if deadline > 0 and time.monotonic() - t_start > deadline:
+            emit({"note": f"{what}: skipped, KD_TORCH_DEADLINE_S={deadline:g} s spent"})
+            return True
+        return False
 
     TOPK_K = 64  # bench/topk.bench.ts TOPK_K
 
@@ -158,6 +206,8 @@ def main():
                   "ms": timed(lambda: torch.add(s0, t, out=c))})
             del c
             for op in args.ops.split(","):
+                if out_of_time(f"{op} {shape} {dname}"):
+                    continue
                 if op == "topk":
                     try:
                         ms = timed(lambda: topk(t))
@@ -172,6 +222,8 @@ def main():
                     emit({"note": f"{op}: no torch contender"})
                     continue
                 variants = [("torch-eager", fn)]
+                if op in liger:
+                    variants.append(("liger", liger[op]))
                 if not args.no_compile:
                     try:
                         variants.append(("torch-compile", torch.compile(fn)))

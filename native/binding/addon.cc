@@ -16,6 +16,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   using namespace kd::binding;
   InitDevice(env, exports);
   InitPool(env, exports);
+  InitCudaDebug(env, exports);
   exports.Set("triad", Napi::Function::New(env, Triad));
   exports.Set("divergence", Napi::Function::New(env, Divergence));
   exports.Set("tokenStats", Napi::Function::New(env, TokenStats));

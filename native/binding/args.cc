@@ -251,10 +251,16 @@ Napi::Value OpCall::Run(std::function<Status()> fn) {
   }
   Status s;
   if (device_ >= 0 && caller_stream_ && caller_stream_ != default_stream_) {
-    // Order the caller's stream after our allocations/uploads, and ours after the op.
+    // Order the caller's stream after our allocations/uploads, and ours after the op:
+    // also when the op failed part-way (a first kernel may already be enqueued on the
+    // caller's stream), so that a free on our stream never overtakes work that reads the
+    // memory. The op's error is the one reported.
     s = cuda::stream_wait(device_, default_stream_, caller_stream_);
-    if (s.ok()) s = fn();
-    if (s.ok()) s = cuda::stream_wait(device_, caller_stream_, default_stream_);
+    if (s.ok()) {
+      s = fn();
+      const Status back = cuda::stream_wait(device_, caller_stream_, default_stream_);
+      if (s.ok()) s = back;
+    }
   } else {
     s = fn();
   }

@@ -79,6 +79,7 @@ class OpCall {
 };
 
 Napi::Object InitDevice(Napi::Env env, Napi::Object exports);
+Napi::Object InitCudaDebug(Napi::Env env, Napi::Object exports);  // cuda_debug.cc (tests only)
 Napi::Object InitOps(Napi::Env env, Napi::Object exports);
 Napi::Object InitPool(Napi::Env env, Napi::Object exports);
 DeviceMemory* UnwrapMemory(Napi::Env env, Napi::Value v, const char* what);

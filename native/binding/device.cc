@@ -115,12 +115,23 @@ Napi::Value CudaFree(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// A byte count: a non-negative integer below 2^53 (what a JS number holds exactly).
+uint64_t BytesArg(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (!info[i].IsNumber()) Throw(info.Env(), "KD_EINVAL", std::string(what) + ": the byte count must be a number");
+  const double b = info[i].As<Napi::Number>().DoubleValue();
+  if (!(b >= 0 && b <= 9007199254740991.0 && b == double(uint64_t(b))))
+    Throw(info.Env(), "KD_EINVAL", std::string(what) + ": the byte count must be an integer in [0, 2^53), got " + std::to_string(b));
+  return uint64_t(b);
+}
+
 // cudaWrap(ptr: bigint, bytes, device) -> handle to borrowed memory
 Napi::Value CudaWrap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  if (!info[0].IsBigInt()) Throw(env, "KD_EINVAL", "fromDevicePointer: ptr must be a bigint");
   bool lossless = true;
   uint64_t p = info[0].As<Napi::BigInt>().Uint64Value(&lossless);
-  double bytes = info[1].As<Napi::Number>().DoubleValue();
+  if (!lossless || p == 0) Throw(env, "KD_EINVAL", "fromDevicePointer: ptr must be a non-zero 64-bit address");
+  const uint64_t bytes = BytesArg(info, 1, "fromDevicePointer");
   int d = DeviceArg(info, 2);
   int where = -1;
   bool is_dev = false;
@@ -134,6 +145,28 @@ Napi::Value CudaWrap(const Napi::CallbackInfo& info) {
   m->device = d;
   m->owned = false;
   return WrapMemory(env, m);
+}
+
+// cudaPoolInfo(device) -> { reservedBytes, usedBytes } of the library's memory pool.
+Napi::Value CudaPoolInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int d = DeviceArg(info, 0);
+  uint64_t reserved = 0, used = 0;
+  Check(env, cuda::pool_info(d, &reserved, &used), "cudaPoolInfo");
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("reservedBytes", double(reserved));
+  o.Set("usedBytes", double(used));
+  return o;
+}
+
+// cudaPoolTrim(device, keepBytes): waits for the device's library stream, then returns
+// reserved memory to the driver until at most keepBytes stay reserved.
+Napi::Value CudaPoolTrim(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const uint64_t keep = BytesArg(info, 1, "cudaPoolTrim");  // argument errors first, then the device
+  int d = DeviceArg(info, 0);
+  Check(env, cuda::pool_trim(d, keep), "cudaPoolTrim");
+  return env.Undefined();
 }
 
 Napi::Value MemInfo(const Napi::CallbackInfo& info) {
@@ -191,6 +224,8 @@ Napi::Object InitDevice(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaWrap", Napi::Function::New(env, CudaWrap));
   exports.Set("cudaCopy", Napi::Function::New(env, CudaCopy));
   exports.Set("memInfo", Napi::Function::New(env, MemInfo));
+  exports.Set("cudaPoolInfo", Napi::Function::New(env, CudaPoolInfo));
+  exports.Set("cudaPoolTrim", Napi::Function::New(env, CudaPoolTrim));
   exports.Set("synchronize", Napi::Function::New(env, Synchronize));
   return exports;
 }

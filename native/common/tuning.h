@@ -145,4 +145,12 @@ constexpr int kPoolSweepPerAlloc = 4;
 // Alignment of pooled blocks: a cache line (and an AVX-512 register).
 constexpr int64_t kPoolAlign = 64;
 
+// CUDA memory pool (native/cuda/runtime.cu): the library's own pool per device keeps up to
+// 1/this of the device's memory reserved across synchronisations (release threshold), so
+// the tensors a training step allocates and frees again (gradients, workspaces) are reused
+// without a cudaMalloc / page mapping each step (tens of us to ms for GB-sized buffers),
+// while most of the device stays free for the trainer's own allocator. cudaPoolTrim
+// (kd.trimMemory) gives the rest back on demand.
+constexpr int kCudaPoolReleaseFraction = 4;
+
 }  // namespace kd::tuning

@@ -1,7 +1,7 @@
-// Shared device helpers of the CUDA kernels: error checks that return a Status, fast
-// base-2 exp/log, 16-byte vector loads and stores with cache hints, cp.async staging,
-// the chunk/slice geometry of the row kernels, the online (single-pass) softmax
-// statistics, and deterministic block / cluster reductions.
+// Shared device helpers of the CUDA kernels: error checks that return a Status, launches
+// (clusters, dynamic shared memory), 16-byte vector loads and stores with cache hints,
+// cp.async staging, and deterministic block / cluster reductions. The geometry, plans and
+// softmax statistics they use are in native/common/cuda_plan.h and cuda_rowstats.h.
 //
 // Conventions used by every row kernel (divergence.cu, token_stats.cu):
 //  * A row is cut into CHUNKS of 8 consecutive elements (one 16-byte load for f16/bf16,
@@ -21,10 +21,9 @@
 //    per warp, a fixed tree over warps, then cluster ranks 0..cl-1 in a fixed tree), so
 //    results are bitwise reproducible run to run. No float atomics anywhere.
 //
-// KD_CUDA_EMULATION: when defined (to a header path), the few CUDA-only primitives below
-// (thread indices, barriers, shuffles, shared memory, clusters, launches) come from that
-// header instead, so the kernels can be executed on a CPU by an emulator (each CUDA thread
-// a fiber). Production builds never define it.
+// The parts that need no GPU (row geometry, staging layout, shared-memory plans, the
+// reduction tree, the online softmax statistics) live in native/common/cuda_plan.h and
+// native/common/cuda_rowstats.h, which the CPU test suite runs (test/cuda_plan.test.ts).
 #pragma once
 
 #include <cfloat>
@@ -33,33 +32,23 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(KD_CUDA_EMULATION)
-#include KD_CUDA_EMULATION
-#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-#endif
 
+#include "common/cuda_plan.h"
+#include "common/cuda_rowstats.h"
 #include "common/divergence_math.h"
 #include "common/dtype.h"
 #include "common/status.h"
 #include "common/tuning.h"
+#include "cuda/runtime.h"
 
 #define KD_DEV __device__ __forceinline__
 
-// `#pragma unroll` for device compilation only (host passes of __host__ __device__
-// helpers, and the CPU emulation, would warn about an unknown pragma).
-#if defined(__CUDA_ARCH__)
-#define KD_UNROLL _Pragma("unroll")
-#else
-#define KD_UNROLL
-#endif
-
 // ---------------------------------------------------------------------------------
-// CUDA-only primitives (replaced by the emulation header when KD_CUDA_EMULATION is set)
+// CUDA-only primitives
 // ---------------------------------------------------------------------------------
-#if !defined(KD_CUDA_EMULATION)
 namespace kd::cuda::dev {
 
 // Dynamic shared memory of the block (all shared memory of the row kernels is dynamic).
@@ -110,7 +99,6 @@ KD_DEV T* cluster_map(T* p, unsigned rank) {
 }
 
 }  // namespace kd::cuda::dev
-#endif
 
 namespace kd::cuda {
 
@@ -118,7 +106,8 @@ namespace kd::cuda {
 // Errors: every CUDA call of a launcher goes through KD_CUDA_TRY; never exit, never throw.
 // ---------------------------------------------------------------------------------
 
-inline Status cuda_error(cudaError_t e) { return make_status(kCuda, cudaGetErrorString(e)); }
+// The message says when the error is sticky (the context is lost: restart the process).
+inline Status cuda_error(cudaError_t e) { return make_status(kCuda, error_message(int(e))); }
 
 #define KD_CUDA_TRY(call)                                              \
   do {                                                                 \
@@ -126,11 +115,24 @@ inline Status cuda_error(cudaError_t e) { return make_status(kCuda, cudaGetError
     if (kd_err_ != cudaSuccess) return ::kd::cuda::cuda_error(kd_err_); \
   } while (0)
 
+// Lets `kernel` be launched with `bytes` of dynamic shared memory on `device` (the
+// current one if < 0): cudaFuncSetAttribute above 48 KB, raised only, once per kernel
+// and device, under a lock (runtime.cu), so concurrent callers never lower it under
+// each other's launch; fails with a clear message when the device cannot give that
+// much (cudaDevAttrMaxSharedMemoryPerBlockOptin minus the kernel's static shared memory).
+template <class K>
+inline Status allow_smem(K kernel, int device, size_t bytes) {
+  return allow_dynamic_smem(reinterpret_cast<const void*>(kernel), device, bytes);
+}
+
 // Launches `kernel` with a cudaLaunchKernelEx config (optionally as clusters of
-// `cluster` blocks along x), then checks cudaGetLastError as well.
+// `cluster` blocks along x; the grid must be a multiple of it), after allow_smem, then
+// checks cudaGetLastError as well.
 template <class... Params, class... Args>
 inline Status launch(void (*kernel)(Params...), unsigned grid, unsigned block, size_t smem, cudaStream_t stream,
                      unsigned cluster, Args&&... args) {
+  if (cluster == 0 || grid % cluster != 0) return make_status(kInvalid, "launch: the grid is not a whole number of clusters");
+  if (Status s = allow_smem(kernel, -1, smem); !s.ok()) return s;
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(grid, 1, 1);
   cfg.blockDim = dim3(block, 1, 1);
@@ -154,105 +156,6 @@ inline Status launch(void (*kernel)(Params...), unsigned grid, unsigned block, s
 inline Status select_device(int32_t device) {
   if (device >= 0) KD_CUDA_TRY(cudaSetDevice(device));
   return ok_status();
-}
-
-// ---------------------------------------------------------------------------------
-// Constants
-// ---------------------------------------------------------------------------------
-
-constexpr int kRowThreads = tuning::kCudaRowThreads;   // threads of the one-row blocks
-constexpr int kRowWarps = kRowThreads / 32;
-constexpr int kChunk = 8;                              // elements per chunk (16 B of 16-bit)
-constexpr float kLog2e = 1.44269504088896341f;
-constexpr float kLn2 = 0.693147180559945309f;
-constexpr float kInf = __builtin_huge_valf();
-static_assert(kRowThreads % 32 == 0 && kRowThreads <= 1024, "row blocks are whole warps");
-
-// ---------------------------------------------------------------------------------
-// Fast math (device: MUFU; host/emulation: libm with the same flush-to-zero)
-// ---------------------------------------------------------------------------------
-
-// 2^x; results below 2^-126 (probabilities < 1.2e-38) flush to +0. -inf -> 0, NaN -> NaN.
-KD_HD float ex2(float x) {
-#if defined(__CUDA_ARCH__)
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-#else
-  const float y = std::exp2(x);
-  return std::fabs(y) < FLT_MIN ? 0.0f : y;
-#endif
-}
-
-// log2(x); 0 (and inputs below 2^-126) -> -inf, x < 0 -> NaN.
-KD_HD float lg2(float x) {
-#if defined(__CUDA_ARCH__)
-  float y;
-  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-#else
-  if (x >= 0.0f && x < FLT_MIN) return -kInf;
-  return std::log2(x);
-#endif
-}
-
-// The shift used for a running maximum: 0 while it is -inf (nothing but -inf seen yet),
-// so that x - shift stays -inf (exp 0) instead of becoming NaN.
-KD_HD float safe_max(float m) { return m == -kInf ? 0.0f : m; }
-
-// r * x where r == 0 means "this part has no probability mass": 0, even if x is +-inf,
-// but a NaN in x survives (a NaN input must make its row NaN).
-KD_HD float scale0(float r, float x) { return r == 0.0f ? (x != x ? x : 0.0f) : r * x; }
-
-// Fixed pairwise tree over 8 values (also better rounding than a running sum).
-KD_HD float sum8(const float* a) {
-  return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-}
-KD_HD float max8(const float* a) {
-  float m = fmaxf(a[0], a[1]);
-  for (int k = 2; k < 8; ++k) m = fmaxf(m, a[k]);
-  return m;  // NaNs are skipped (they still poison the row through exp)
-}
-
-// ---------------------------------------------------------------------------------
-// Row geometry: slices (per cluster rank), chunks, sweeps, staging layout
-// ---------------------------------------------------------------------------------
-
-KD_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-struct RowSlice {
-  int64_t c0 = 0, c1 = 0;  // columns [c0, c1) of the row
-  int32_t nchunks = 0;     // chunks of 8 (the last may be partial)
-  int32_t sweeps = 0;      // ceil(nchunks / kRowThreads)
-};
-
-// Width of every slice but the last: ceil(v / cl) rounded up to a whole chunk, so each
-// slice starts at a multiple of 8 elements (16-byte aligned when the row is).
-KD_HD int64_t slice_width(int64_t v, int cl) { return ceil_div(ceil_div(v, cl), kChunk) * kChunk; }
-
-KD_HD RowSlice row_slice(int64_t v, int cl, int rank) {
-  RowSlice s;
-  const int64_t w = slice_width(v, cl);
-  s.c0 = int64_t(rank) * w < v ? int64_t(rank) * w : v;
-  s.c1 = s.c0 + w < v ? s.c0 + w : v;
-  s.nchunks = int32_t(ceil_div(s.c1 - s.c0, kChunk));
-  s.sweeps = int32_t(ceil_div(s.nchunks, kRowThreads));
-  return s;
-}
-
-// 16-byte words per chunk of a dtype (f32: 2, f16/bf16: 1).
-KD_HD int chunk_words(int32_t dt) { return dt == kF32 ? 2 : 1; }
-
-// Byte offset of word w of the chunk of thread `tid` in sweep `sweep` in a staging area
-// holding W words per chunk. Consecutive threads hold consecutive 16-byte words, so a
-// warp's ld.shared.v4 is conflict-free (4 wavefronts of 128 B).
-KD_HD size_t stage_offset(int sweep, int w, int W, int tid) {
-  return ((size_t(sweep) * size_t(W) + size_t(w)) * size_t(kRowThreads) + size_t(tid)) * 16u;
-}
-
-// Staging bytes per sweep for a student of dtype sd and (if present) a teacher of td.
-KD_HD size_t stage_bytes_per_sweep(int32_t sd, int32_t td, bool teacher) {
-  return size_t(kRowThreads) * 16u * size_t(chunk_words(sd) + (teacher ? chunk_words(td) : 0));
 }
 
 // Is every row of a matrix 16-byte aligned (base and row pitch)? Then whole chunks can
@@ -373,16 +276,6 @@ KD_UNROLL
       x[2 * k] = half_bits_to_f32(r.u[k] & 0xffffu);
       x[2 * k + 1] = half_bits_to_f32(r.u[k] >> 16);
     }
-  }
-}
-
-// Elements past the end of the row (nv < 8) become -inf: probability exactly 0, so they
-// drop out of every max, sum and divergence term without a per-element test.
-KD_HD void pad_chunk(float* x, int nv) {
-  if (nv < kChunk) {
-KD_UNROLL
-    for (int k = 0; k < kChunk; ++k)
-      if (k >= nv) x[k] = -kInf;
   }
 }
 
@@ -514,179 +407,6 @@ KD_UNROLL
 }
 
 // ---------------------------------------------------------------------------------
-// Online softmax statistics of a (student, teacher) row pair, in base 2
-// ---------------------------------------------------------------------------------
-//
-// With scales cs = log2(e)/T (student) and ct (teacher: log2(e)/T, or log2(e) for teacher
-// log-probs used as is) and raw running maxima ms, mt, each element contributes
-// a_s = (z - safe(ms)) cs, e_s = 2^a_s (and a_t, e_t). Shifting BEFORE scaling keeps a_s
-// exact for the max element (a_s = 0, e_s = 1): a shift ms*cs rounded to f32 would move
-// every exponent by up to ulp(ms cs) and break sum q = 1 at large logits.
-//   ss = sum e_s, st = sum e_t                         (softmax normalisers, shifted)
-//   a  = sum e_s (a_s - a_t)      -> reverse KL  = ln2 (a/ss - log2 ss + log2 st)
-//   b  = sum e_t (a_t - a_s)      -> forward KL  = ln2 (b/st + log2 ss - log2 st)
-//   dq = sum e_s a_s              -> H(q)        = ln2 (log2 ss - dq/ss)
-//   dp = sum e_t a_t              -> H(p)        = ln2 (log2 st - dp/st)
-//   s0 = sum 2^((z - safe(ms)) log2e)      (untempered normaliser: CE at T != 1)
-//   zc = sum (z - zref)                    (label smoothing's mean, zref = z[label])
-// When a maximum grows by d (in shifted units) the old terms are rescaled by r = 2^-d and
-// their a_s (resp. a_t) fall by d, hence the corrections below; merging two partial
-// states applies the same algebra, so each state is exact up to rounding whatever the
-// order, and the shifted log-ratios stay small (no cancellation for large logits).
-// a_s - a_t may be +-inf (a banned token on one side): such terms are weighted by e = 0
-// (mul0) or are genuinely infinite (KL to a zero-probability token).
-
-enum PairFlags : unsigned {
-  kHasTeacher = 1u,
-  kAccA = 2u,   // reverse KL accumulator
-  kAccB = 4u,   // forward KL accumulator
-  kAccDq = 8u,  // student entropy
-  kAccDp = 16u, // teacher entropy
-};
-
-struct PairStats {
-  float ms, ss;   // student: raw max, shifted sum
-  float mt, st;   // teacher: raw max (0, fixed, for raw log-probs), shifted sum
-  float a, b;     // reverse / forward KL accumulators
-  float dq, dp;   // entropy accumulators
-  float s0;       // untempered student sum (CE at T != 1)
-  float zc;       // sum (z - zref) (label smoothing)
-};
-
-// Per-call constants of the statistics.
-struct PairConsts {
-  float cs = kLog2e, ct = kLog2e;  // scales
-  bool traw = false;               // teacher log-probs used as is (mt fixed at 0)
-  bool s0 = false;                 // accumulate s0
-  bool zc = false;                 // accumulate zc
-  float zref = 0.0f;               // zc's reference value
-};
-
-KD_HD PairStats pair_identity(bool traw) {
-  PairStats s;
-  s.ms = -kInf; s.ss = 0.0f;
-  s.mt = traw ? 0.0f : -kInf; s.st = 0.0f;
-  s.a = s.b = s.dq = s.dp = s.s0 = s.zc = 0.0f;
-  return s;
-}
-
-// Adds one chunk (z[8], t[8]: raw f32 values, padded with -inf; nv valid) to S.
-template <unsigned F>
-KD_HD void pair_update(PairStats& S, const float* z, const float* t, int nv, const PairConsts& C) {
-  constexpr bool kT = (F & kHasTeacher) != 0;
-  // Student maximum first: rescale what has been accumulated so far.
-  const float cm = max8(z);
-  if (cm > S.ms) {  // false for NaN, so ms is never NaN
-    const float r = S.ms == -kInf ? 0.0f : ex2((S.ms - cm) * C.cs);
-    const float d = (cm - safe_max(S.ms)) * C.cs;  // how far every a_s falls
-    if (F & kAccA) S.a = scale0(r, S.a - d * S.ss);
-    if (F & kAccDq) S.dq = scale0(r, S.dq - d * S.ss);
-    if (F & kAccB) S.b += d * S.st;  // teacher weights unchanged, a_s fell by d
-    if (C.s0) S.s0 *= S.ms == -kInf ? 0.0f : ex2((S.ms - cm) * kLog2e);
-    S.ss *= r;
-    S.ms = cm;
-  }
-  if (kT && !C.traw) {
-    const float cmt = max8(t);
-    if (cmt > S.mt) {
-      const float r = S.mt == -kInf ? 0.0f : ex2((S.mt - cmt) * C.ct);
-      const float d = (cmt - safe_max(S.mt)) * C.ct;
-      if (F & kAccB) S.b = scale0(r, S.b - d * S.st);
-      if (F & kAccDp) S.dp = scale0(r, S.dp - d * S.st);
-      if (F & kAccA) S.a += d * S.ss;  // student weights unchanged, a_t fell by d
-      S.st *= r;
-      S.mt = cmt;
-    }
-  }
-  const float ms = safe_max(S.ms);
-  const float mt = kT ? safe_max(S.mt) : 0.0f;
-  float as[kChunk], es[kChunk], at[kChunk], et[kChunk], tmp[kChunk];
-KD_UNROLL
-  for (int k = 0; k < kChunk; ++k) {
-    as[k] = (z[k] - ms) * C.cs;
-    es[k] = ex2(as[k]);
-  }
-  S.ss += sum8(es);
-  if (kT) {
-KD_UNROLL
-    for (int k = 0; k < kChunk; ++k) {
-      at[k] = (t[k] - mt) * C.ct;
-      et[k] = ex2(at[k]);
-    }
-    S.st += sum8(et);
-  }
-  if (F & kAccA) {
-KD_UNROLL
-    for (int k = 0; k < kChunk; ++k) tmp[k] = mul0(es[k], as[k] - at[k]);
-    S.a += sum8(tmp);
-  }
-  if (F & kAccB) {
-KD_UNROLL
-    for (int k = 0; k < kChunk; ++k) tmp[k] = mul0(et[k], at[k] - as[k]);
-    S.b += sum8(tmp);
-  }
-  if (F & kAccDq) {
-KD_UNROLL
-    for (int k = 0; k < kChunk; ++k) tmp[k] = mul0(es[k], as[k]);
-    S.dq += sum8(tmp);
-  }
-  if (F & kAccDp) {
-KD_UNROLL
-    for (int k = 0; k < kChunk; ++k) tmp[k] = mul0(et[k], at[k]);
-    S.dp += sum8(tmp);
-  }
-  if (C.s0) {
-KD_UNROLL
-    for (int k = 0; k < kChunk; ++k) tmp[k] = ex2((z[k] - ms) * kLog2e);
-    S.s0 += sum8(tmp);
-  }
-  if (C.zc) {
-KD_UNROLL
-    for (int k = 0; k < kChunk; ++k) tmp[k] = k < nv ? z[k] - C.zref : 0.0f;
-    S.zc += sum8(tmp);
-  }
-}
-
-// The rescale factor of a part whose raw max was m_part, to the merged raw max m >= m_part.
-KD_HD float merge_factor(float m_part, float m, float c) {
-  if (m_part == m) return 1.0f;
-  return m_part == -kInf ? 0.0f : ex2((m_part - m) * c);
-}
-// How far the shifted log-values a of that part fall: (safe(m) - safe(m_part)) c.
-KD_HD float merge_shift(float m_part, float m, float c) { return (safe_max(m) - safe_max(m_part)) * c; }
-
-// Combines two partial states (as if their elements had been accumulated together).
-template <unsigned F>
-KD_HD PairStats pair_merge(const PairStats& x, const PairStats& y, const PairConsts& C) {
-  constexpr bool kT = (F & kHasTeacher) != 0;
-  PairStats o;
-  o.ms = fmaxf(x.ms, y.ms);
-  const float rx = merge_factor(x.ms, o.ms, C.cs), ry = merge_factor(y.ms, o.ms, C.cs);
-  const float dx = merge_shift(x.ms, o.ms, C.cs), dy = merge_shift(y.ms, o.ms, C.cs);
-  o.ss = x.ss * rx + y.ss * ry;
-  float rtx = 1.0f, rty = 1.0f, dtx = 0.0f, dty = 0.0f;
-  if (kT) {
-    o.mt = fmaxf(x.mt, y.mt);
-    rtx = merge_factor(x.mt, o.mt, C.ct);
-    rty = merge_factor(y.mt, o.mt, C.ct);
-    dtx = merge_shift(x.mt, o.mt, C.ct);
-    dty = merge_shift(y.mt, o.mt, C.ct);
-    o.st = x.st * rtx + y.st * rty;
-  } else {
-    o.mt = x.mt;
-    o.st = 0.0f;
-  }
-  o.a = (F & kAccA) ? scale0(rx, x.a + (dtx - dx) * x.ss) + scale0(ry, y.a + (dty - dy) * y.ss) : 0.0f;
-  o.b = (F & kAccB) ? scale0(rtx, x.b + (dx - dtx) * x.st) + scale0(rty, y.b + (dy - dty) * y.st) : 0.0f;
-  o.dq = (F & kAccDq) ? scale0(rx, x.dq - dx * x.ss) + scale0(ry, y.dq - dy * y.ss) : 0.0f;
-  o.dp = (F & kAccDp) ? scale0(rtx, x.dp - dtx * x.st) + scale0(rty, y.dp - dty * y.st) : 0.0f;
-  if (C.s0) o.s0 = x.s0 * merge_factor(x.ms, o.ms, kLog2e) + y.s0 * merge_factor(y.ms, o.ms, kLog2e);
-  else o.s0 = 0.0f;
-  o.zc = C.zc ? x.zc + y.zc : 0.0f;
-  return o;
-}
-
-// ---------------------------------------------------------------------------------
 // Deterministic block and cluster reductions
 // ---------------------------------------------------------------------------------
 
@@ -704,13 +424,15 @@ KD_UNROLL
 }
 
 // Fixed-tree reduction over the first `count` lanes (<= 32) of a warp; lane 0 gets it.
+// The order is cuda_plan.h's tree (tree_takes; host model tree_reduce_host). Every lane
+// of the warp must be here: the shuffles name the full mask.
 template <class T, class Op>
 KD_DEV T warp_reduce(T v, int count, Op op) {
   const int lane = int(threadIdx.x) & 31;
 KD_UNROLL
-  for (int off = 16; off > 0; off >>= 1) {
+  for (int off = kTreeTopOffset; off > 0; off >>= 1) {
     const T o = shfl_down_struct(v, off);
-    if (lane + off < count) v = op(v, o);
+    if (tree_takes(lane, off, count)) v = op(v, o);
   }
   return v;
 }

@@ -61,6 +61,9 @@
 // reported from a kernel: that row's hard loss is NaN and, when hard_weight != 0, its
 // total and gradient are NaN too (lib/ range-checks labels before the launch).
 #include <climits>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "common/arg_checks.h"
 #include "common/divergence.h"
@@ -108,20 +111,8 @@ struct DivParams {
   int32_t stage_sweeps;      // sweeps of the slice staged in shared memory
 };
 
-struct Sum2 {
-  float l, g;
-};
-
-// Shared memory of divergence_rows: reduction scratch first, then the staging area.
-struct DivShared {
-  PairStats red[33];
-  PairStats xchg, merged;  // cluster exchange of phase 1
-  Sum2 red2[33];
-  Sum2 xchg2, merged2;     // cluster exchange of phase 2
-};
-constexpr size_t kDivScratch = (sizeof(DivShared) + 15) / 16 * 16;
-
-KD_HD Sum2 add2(const Sum2& a, const Sum2& b) { return Sum2{a.l + b.l, a.g + b.g}; }
+// Shared memory of divergence_rows: reduction scratch first (DivShared, kDivScratch in
+// common/cuda_plan.h), then the staging area.
 
 template <int H>
 KD_DEV void load_rt(Raw8& r, const unsigned char* row, int32_t dt, int64_t col, int nv, bool vec) {
@@ -192,8 +183,8 @@ __global__ void __launch_bounds__(kRowThreads, 2) divergence_rows(const DivParam
     if (grow) {
       const float zero[kChunk] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
       for (int c = tid; c < sl.nchunks; c += kRowThreads) {
-        const int64_t col = sl.c0 + int64_t(c) * kChunk;
-        store_chunk(grow, P.g_dt, col, int(min(int64_t(kChunk), sl.c1 - col)), P.g_vec, zero);
+        const int64_t col = chunk_col(sl, c);
+        store_chunk(grow, P.g_dt, col, chunk_len(sl, col), P.g_vec, zero);
       }
     }
     if (rank == 0 && tid == 0) {
@@ -232,10 +223,10 @@ __global__ void __launch_bounds__(kRowThreads, 2) divergence_rows(const DivParam
   // ---- phase 1: stage the slice (cp.async), online statistics --------------------------
   const int staged = min(P.stage_sweeps, sl.sweeps);
   for (int sw = 0; sw < staged; ++sw) {
-    const int c = sw * kRowThreads + tid;
+    const int c = chunk_index(sw, tid);
     if (c < sl.nchunks) {
-      const int64_t col = sl.c0 + int64_t(c) * kChunk;
-      const int nv = int(min(int64_t(kChunk), sl.c1 - col));
+      const int64_t col = chunk_col(sl, c);
+      const int nv = chunk_len(sl, col);
       stage_chunk(stage_s, sw, tid, srow, P.s_dt, col, nv, P.s_vec);
       if (Tr::kTeacher) stage_chunk(stage_t, sw, tid, trow, P.t_dt, col, nv, P.t_vec);
     }
@@ -243,10 +234,10 @@ __global__ void __launch_bounds__(kRowThreads, 2) divergence_rows(const DivParam
   }
   PairStats st = pair_identity(P.traw);
   for (int sw = 0; sw < sl.sweeps; ++sw) {
-    const int c = sw * kRowThreads + tid;
+    const int c = chunk_index(sw, tid);
     if (c >= sl.nchunks) break;
-    const int64_t col = sl.c0 + int64_t(c) * kChunk;
-    const int nv = int(min(int64_t(kChunk), sl.c1 - col));
+    const int64_t col = chunk_col(sl, c);
+    const int nv = chunk_len(sl, col);
     if (sw < staged) cp_async_wait_pending(staged - 1 - sw);  // this thread's copies of sweep sw
     Raw8 rs, rt;
     float z[kChunk], t[kChunk];
@@ -272,17 +263,15 @@ __global__ void __launch_bounds__(kRowThreads, 2) divergence_rows(const DivParam
   R.traw = P.traw;
   R.ms = safe_max(st.ms);
   R.mt = Tr::kTeacher ? safe_max(st.mt) : 0.0f;
-  const float l2ss = log2f(st.ss);
+  // The same per-row formulas as token_stats (common/cuda_rowstats.h row_results).
+  const RowResults rr = row_results(st, !Tr::kTeacher || P.traw);
+  const float l2ss = rr.l2ss;
   R.l2ss = l2ss;
-  float l2zt = 0.0f, sum_p = 1.0f;
-  if (Tr::kTeacher) {
-    if (P.traw) sum_p = st.st;  // sum p of log-probs used as is (forward KL's gradient needs it)
-    else l2zt = log2f(st.st);
-  }
-  R.l2zt = l2zt;
+  const float sum_p = Tr::kTeacher && P.traw ? st.st : 1.0f;  // sum p of log-probs used as is (forward KL's gradient)
+  R.l2zt = Tr::kTeacher ? rr.l2zt : 0.0f;
   float L = 0.0f, G = 0.0f;
-  if (DIV == kReverseKl) L = kLn2 * (st.a / st.ss - l2ss + l2zt);
-  if (DIV == kForwardKl) L = kLn2 * (P.traw ? st.b + st.st * l2ss : st.b / st.st + l2ss - l2zt);
+  if (DIV == kReverseKl) L = rr.rkl;
+  if (DIV == kForwardKl) L = rr.fkl;
   float hard = 0.0f, l2s0 = l2ss;
   if (P.ce) {
     // Untempered statistics: the raw max is the student's (T does not move the argmax).
@@ -300,10 +289,10 @@ __global__ void __launch_bounds__(kRowThreads, 2) divergence_rows(const DivParam
   if constexpr (Tr::kPhase2) {
     Sum2 acc{0.0f, 0.0f};
     for (int sw = sl.sweeps - 1; sw >= 0; --sw) {  // reverse: unstaged sweeps are freshest in L2
-      const int c = sw * kRowThreads + tid;
+      const int c = chunk_index(sw, tid);
       if (c >= sl.nchunks) continue;
-      const int64_t col = sl.c0 + int64_t(c) * kChunk;
-      const int nv = int(min(int64_t(kChunk), sl.c1 - col));
+      const int64_t col = chunk_col(sl, c);
+      const int nv = chunk_len(sl, col);
       Raw8 rs, rt;
       float z[kChunk], t[kChunk], term[kChunk], qg[kChunk];
       const bool last_use = P.g == nullptr;
@@ -359,10 +348,10 @@ KD_UNROLL
     const float eps_v = P.eps / float(P.v), ome = 1.0f - P.eps;
     const bool soft_on = Tr::kTeacher && P.use_soft;
     for (int sw = sl.sweeps - 1; sw >= 0; --sw) {
-      const int c = sw * kRowThreads + tid;
+      const int c = chunk_index(sw, tid);
       if (c >= sl.nchunks) continue;
-      const int64_t col = sl.c0 + int64_t(c) * kChunk;
-      const int nv = int(min(int64_t(kChunk), sl.c1 - col));
+      const int64_t col = chunk_col(sl, c);
+      const int nv = chunk_len(sl, col);
       Raw8 rs, rt;
       float z[kChunk], t[kChunk], gv[kChunk];
       fetch(rs, stage_s, sw, staged, tid, srow, P.s_dt, col, nv, P.s_vec, true);
@@ -436,75 +425,70 @@ __global__ void __launch_bounds__(tuning::kCudaReduceThreads)
 
 // ---- launch planning ---------------------------------------------------------------------
 
-struct RowPlan {
-  int cl = 1;            // blocks per row (cluster size)
-  int stage_sweeps = 0;  // sweeps of each block's slice staged in shared memory
-  size_t smem = 0;       // dynamic shared memory per block
+// The plan (common/cuda_plan.h plan_divergence_rows) on this device: its shared-memory
+// attributes (cached per device), the kernel's static shared memory, and whether
+// clusters can run (occupancy query per candidate cluster size).
+// Plans are cached per (kernel, device, V, dtypes, restage): the attribute and occupancy
+// queries cost tens of microseconds, as much as a small call's kernels. Bounded: cleared
+// when it holds kPlanCacheMax plans (a trainer uses a handful of shapes).
+struct PlanKey {
+  const void* kernel;
+  int dev;
+  int64_t v;
+  int32_t s_dt, t_dt;
+  bool teacher, restage;
+  bool operator<(const PlanKey& o) const {
+    return std::tie(kernel, dev, v, s_dt, t_dt, teacher, restage) <
+           std::tie(o.kernel, o.dev, o.v, o.s_dt, o.t_dt, o.teacher, o.restage);
+  }
 };
-
-// Pure planning rule (host; unit-testable): the smallest cluster whose slices fit the
-// staging budget entirely; else the widest cluster that can run, staging what fits.
-// fits(cl, smem): can clusters of cl blocks with smem bytes each be resident?
-// restage: whether any phase re-reads the row (gradient, or jsd/tvd/skew); without it
-// nothing is staged, but cl is chosen the same way so that results do not depend on it.
-template <class Fits>
-RowPlan choose_plan(int64_t v, size_t per_sweep, size_t scratch, size_t budget, int max_cl, bool restage, Fits&& fits) {
-  RowPlan p;
-  bool done = false;
-  for (int cl = 1; cl <= max_cl && !done; cl *= 2) {
-    const int sw = row_slice(v, cl, 0).sweeps;
-    if (size_t(sw) * per_sweep <= budget && (cl == 1 || fits(cl, scratch + size_t(sw) * per_sweep))) {
-      p.cl = cl;
-      p.stage_sweeps = sw;
-      done = true;
-    }
-  }
-  for (int cl = max_cl; cl >= 1 && !done; cl /= 2) {
-    const int sw = row_slice(v, cl, 0).sweeps;
-    const int fit = int(budget / per_sweep < size_t(sw) ? budget / per_sweep : size_t(sw));
-    if (cl == 1 || fits(cl, scratch + size_t(fit) * per_sweep)) {
-      p.cl = cl;
-      p.stage_sweeps = fit;
-      done = true;
-    }
-  }
-  if (!restage) p.stage_sweeps = 0;
-  p.smem = scratch + size_t(p.stage_sweeps) * per_sweep;
-  return p;
-}
+constexpr size_t kPlanCacheMax = 1024;
+std::mutex g_plan_mu;
+std::map<PlanKey, RowPlan> g_plans;
 
 template <class K>
-Status set_smem(K kernel, size_t smem) {
-  if (smem > 48u * 1024u)
-    KD_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  return ok_status();
-}
+Status plan_rows_uncached(K kernel, int dev, int64_t v, int32_t s_dt, int32_t t_dt, bool teacher, bool restage,
+                          RowPlan* out);
 
 template <class K>
 Status plan_rows(K kernel, int device, int64_t v, int32_t s_dt, int32_t t_dt, bool teacher, bool restage,
                  RowPlan* out) {
   int dev = device;
   if (dev < 0) KD_CUDA_TRY(cudaGetDevice(&dev));
-  int major = 0, smem_sm = 0, smem_optin = 0, reserved = 0;
+  const PlanKey key{reinterpret_cast<const void*>(kernel), dev, v, s_dt, t_dt, teacher, restage};
+  {
+    std::lock_guard<std::mutex> lk(g_plan_mu);
+    auto it = g_plans.find(key);
+    if (it != g_plans.end()) {
+      *out = it->second;
+      return ok_status();
+    }
+  }
+  Status s = plan_rows_uncached(kernel, dev, v, s_dt, t_dt, teacher, restage, out);
+  if (!s.ok()) return s;
+  std::lock_guard<std::mutex> lk(g_plan_mu);
+  if (g_plans.size() >= kPlanCacheMax) g_plans.clear();
+  g_plans.emplace(key, *out);
+  return ok_status();
+}
+
+template <class K>
+Status plan_rows_uncached(K kernel, int dev, int64_t v, int32_t s_dt, int32_t t_dt, bool teacher, bool restage,
+                          RowPlan* out) {
+  int major = 0;
   KD_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  KD_CUDA_TRY(cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev));
-  KD_CUDA_TRY(cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev));
-  KD_CUDA_TRY(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  SmemLimits L;
+  if (Status s = smem_limits(dev, &L); !s.ok()) return s;
   cudaFuncAttributes fa;
   KD_CUDA_TRY(cudaFuncGetAttributes(&fa, kernel));
   // Clusters need sm_90 hardware AND code compiled for it (a compute_80 PTX JIT-compiled
   // on an H100 has no cluster code: __CUDA_ARCH__ was 800).
   const bool clusters = major >= 9 && fa.binaryVersion >= 90 && fa.ptxVersion >= 90;
-  const int max_cl = clusters ? tuning::kCudaMaxClusterBlocks : 1;
-
-  const int blocks = tuning::kCudaRowBlocksPerSm;
-  const size_t per_block = (size_t(smem_sm) - size_t(blocks) * size_t(reserved)) / size_t(blocks);
-  const size_t limit = (per_block < size_t(smem_optin) ? per_block : size_t(smem_optin)) - size_t(fa.sharedSizeBytes);
-  const size_t budget = limit > kDivScratch ? limit - kDivScratch : 0;
-  const size_t per_sweep = stage_bytes_per_sweep(s_dt, t_dt, teacher);
 
   auto fits = [&](int cl, size_t smem) -> bool {
-    if (!set_smem(kernel, smem).ok()) {
+    // The attribute must allow smem before the occupancy query (raised only: a
+    // concurrent launch with a larger plan is never undercut).
+    if (!allow_smem(kernel, dev, smem).ok()) {
       (void)cudaGetLastError();
       return false;
     }
@@ -526,7 +510,7 @@ Status plan_rows(K kernel, int device, int64_t v, int32_t s_dt, int32_t t_dt, bo
     }
     return active >= 1;
   };
-  *out = choose_plan(v, per_sweep, kDivScratch, budget, max_cl, restage, fits);
+  *out = plan_divergence_rows(v, s_dt, t_dt, teacher, restage, L, int64_t(fa.sharedSizeBytes), clusters, fits);
   return ok_status();
 }
 
@@ -541,8 +525,6 @@ Status launch_rows(DivParams P, const DivergenceArgs& a, cudaStream_t stream) {
   P.stage_sweeps = plan.stage_sweeps;
   P.reread = restage;
   if (a.n > int64_t(INT_MAX) / plan.cl) return make_status(kShape, "divergence: too many rows for one launch");
-  s = set_smem(kernel, plan.smem);
-  if (!s.ok()) return s;
   return launch(kernel, unsigned(a.n * plan.cl), unsigned(kRowThreads), plan.smem, stream, unsigned(plan.cl), P);
 }
 

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "common/cuda_plan.h"
 #include "common/status.h"
 
 namespace kd::cuda {
@@ -44,5 +45,30 @@ Status copy_to_host(int device, void* dst, const void* src, size_t bytes);
 
 // What the pointer is: device memory of `*device` (true), or not device memory.
 Status pointer_info(const void* ptr, int* device, bool* is_device);
+
+// The library's memory pool of a device (cudaMemPoolCreate; every malloc_async comes
+// from it): bytes reserved from the driver, and bytes of it in live allocations. Freed
+// memory stays reserved for reuse up to the release threshold (tuning.h
+// kCudaPoolReleaseFraction of the device's memory), so a training loop's per-step
+// tensors do not pay a cudaMalloc each step.
+Status pool_info(int device, uint64_t* reserved, uint64_t* used);
+// Waits for the library's stream of the device (so pending frees have completed), then
+// returns reserved memory to the driver until at most keep_bytes stay reserved
+// (cudaMemPoolTrimTo).
+Status pool_trim(int device, uint64_t keep_bytes);
+
+// cudaGetErrorString, plus, for a sticky error (an illegal address, a kernel fault, an
+// assert: the process's CUDA context is lost), that the process must be restarted.
+// Static storage. `cuda_error` is a cudaError_t.
+const char* error_message(int cuda_error);
+
+// The shared-memory attributes of a device (< 0: the current one), cached per device.
+Status smem_limits(int device, SmemLimits* out);
+
+// Allows launches of `kernel` (a __global__ function's address) with `bytes` of dynamic
+// shared memory on `device` (< 0: the current one): cudaFuncSetAttribute(
+// MaxDynamicSharedMemorySize) when bytes > 48 KB, only ever raised, once per (kernel,
+// device) and size, under a lock. kUnsupported when the device cannot give that much.
+Status allow_dynamic_smem(const void* kernel, int device, size_t bytes);
 
 }  // namespace kd::cuda

@@ -26,6 +26,11 @@ Status memset_async(int, void*, int, size_t) { return off(); }
 Status copy_to_device(int, void*, const void*, size_t) { return off(); }
 Status copy_to_host(int, void*, const void*, size_t) { return off(); }
 Status pointer_info(const void*, int*, bool*) { return off(); }
+Status pool_info(int, uint64_t*, uint64_t*) { return off(); }
+Status pool_trim(int, uint64_t) { return off(); }
+const char* error_message(int) { return kWhy; }
+Status smem_limits(int, SmemLimits*) { return off(); }
+Status allow_dynamic_smem(const void*, int, size_t) { return off(); }
 
 Status triad(const TriadArgs&) { return off(); }
 Status divergence(const DivergenceArgs&) { return off(); }

@@ -172,23 +172,23 @@ Status sample_teacher(const SampleTeacherArgs& a) {
   Status s = select_device(a.device);
   if (!s.ok()) return s;
   cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
-  const int64_t nchunks = (a.v + kChunk - 1) / kChunk;
-  const size_t smem = size_t(nchunks + 1) * sizeof(uint64_t);
+  const int64_t nchunks = sample_chunks(a.v);  // common/cuda_plan.h
+  const size_t smem = sample_rows_smem(a.v);
   const float inv_t = 1.0f / a.temperature;
   const float c = a.proposal_power / a.temperature;  // the same f32 division as the CPU
   const float scale = sample_fixed_scale(sample_fixed_shift(a.v));
   const unsigned grid = unsigned(a.n);
   switch (a.x_dtype) {
     case kF32:
-      s = allow_smem(sample_rows<kF32>, smem);
+      s = allow_smem(sample_rows<kF32>, a.device, smem);
       if (s.ok()) KD_SPARSE_LAUNCH(sample_rows<kF32>, grid, kThreads, smem, stream, a, c, inv_t, scale, nchunks);
       break;
     case kF16:
-      s = allow_smem(sample_rows<kF16>, smem);
+      s = allow_smem(sample_rows<kF16>, a.device, smem);
       if (s.ok()) KD_SPARSE_LAUNCH(sample_rows<kF16>, grid, kThreads, smem, stream, a, c, inv_t, scale, nchunks);
       break;
     default:
-      s = allow_smem(sample_rows<kBF16>, smem);
+      s = allow_smem(sample_rows<kBF16>, a.device, smem);
       if (s.ok()) KD_SPARSE_LAUNCH(sample_rows<kBF16>, grid, kThreads, smem, stream, a, c, inv_t, scale, nchunks);
       break;
   }

@@ -307,7 +307,7 @@ __global__ void __launch_bounds__(kThreads) sparse_rows(SparseKlDivArgs a, float
 
 template <int DT, int TAIL>
 Status launch_rows(const SparseKlDivArgs& a, float inv_t, uint32_t p2, uint32_t hsize, size_t smem, cudaStream_t stream) {
-  Status s = allow_smem(sparse_rows<DT, TAIL>, smem);
+  Status s = allow_smem(sparse_rows<DT, TAIL>, a.device, smem);
   if (!s.ok()) return s;
   KD_SPARSE_LAUNCH((sparse_rows<DT, TAIL>), unsigned(a.n), kThreads, smem, stream, a, inv_t, p2, hsize);
   return launch_status();
@@ -346,12 +346,9 @@ Status sparse_kl_div(const SparseKlDivArgs& a) {
   s = launch_status();
   if (!s.ok()) return s;
   if (a.n > 0) {
-    uint32_t p2 = 2;
-    while (int64_t(p2) < a.k) p2 <<= 1;
-    uint32_t hsize = 64;
-    if (a.tail == kBucket)
-      while (int64_t(hsize) < 2 * a.k) hsize <<= 1;
-    const size_t smem = size_t(p2) * 12 + (a.tail == kBucket ? size_t(hsize) * 4 : 0);
+    const SparseSmem plan = sparse_rows_smem(a.k, a.tail == kBucket);  // common/cuda_plan.h
+    const uint32_t p2 = plan.p2, hsize = plan.hsize;
+    const size_t smem = plan.bytes;
     const float inv_t = 1.0f / a.temperature;
     switch (a.s_dtype) {
       case kF32: s = launch_tail<kF32>(a, inv_t, p2, hsize, smem, stream); break;

@@ -12,31 +12,25 @@
 //    shuffle tree per warp, warp results folded by warp 0 in a fixed tree. No float
 //    atomics (integer atomics only for histograms and buffer slots, whose results do not
 //    depend on the order).
-//
-// KD_CUDA_EMULATION: when defined (to a header path), the CUDA-only primitives come from
-// that header, so the kernels can run on a CPU (each CUDA thread a fiber) for testing
-// without a GPU. Production builds never define it.
+//  * Dynamic shared-memory sizes: native/common/cuda_plan.h (sparse_rows_smem,
+//    sample_rows_smem), checked against the device's limit before every launch.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
-#if defined(KD_CUDA_EMULATION)
-#include KD_CUDA_EMULATION
-#else
 #include <cuda_runtime.h>
-#endif
 
+#include "common/cuda_plan.h"
 #include "common/dtype.h"
 #include "common/status.h"
+#include "cuda/runtime.h"
 
-#if !defined(KD_CUDA_EMULATION)
-// kernel<<<grid, block, smem, stream>>>(args...) (a macro so that the emulation can run it).
+// kernel<<<grid, block, smem, stream>>>(args...): the one launch form of these kernels.
 #define KD_SPARSE_LAUNCH(kernel, grid, block, smem, stream, ...) \
   kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__)
 // The block's dynamic shared memory as an array of T named `name`.
 #define KD_SPARSE_DYN_SMEM(T, name) extern __shared__ T name[]
-#endif
 
 #define KD_SDEV __device__ __forceinline__
 
@@ -45,7 +39,8 @@ namespace kd::cuda::sparse {
 constexpr float kInfF = __builtin_huge_valf();
 constexpr int kChunk8 = 8;
 
-inline Status cuda_status(cudaError_t e) { return make_status(kCuda, cudaGetErrorString(e)); }
+// The message says when the error is sticky (runtime.cu error_message).
+inline Status cuda_status(cudaError_t e) { return make_status(kCuda, error_message(int(e))); }
 
 // After a launch: the launch error, if any (never synchronises).
 inline Status launch_status() {
@@ -61,12 +56,12 @@ inline Status select_device(int32_t device) {
   return ok_status();
 }
 
-// Allows `bytes` of dynamic shared memory for `kernel` (needed above 48 KiB).
+// Allows `bytes` of dynamic shared memory for `kernel` on `device` (runtime.cu
+// allow_dynamic_smem: raised only, once per kernel and device, under a lock; a clear
+// kUnsupported when the device has less than that).
 template <class K>
-inline Status allow_smem(K kernel, size_t bytes) {
-  if (bytes <= 48u * 1024u) return ok_status();
-  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
-  return e == cudaSuccess ? ok_status() : cuda_status(e);
+inline Status allow_smem(K kernel, int32_t device, size_t bytes) {
+  return allow_dynamic_smem(reinterpret_cast<const void*>(kernel), device, bytes);
 }
 
 // ---- loads ---------------------------------------------------------------------------

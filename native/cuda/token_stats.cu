@@ -16,6 +16,8 @@
 //   forward_kl = ln2 (b/Zt + (st/Zt)(log2 ss - log2 Zt))      Zt = st (or 1 for raw log-probs)
 //   reverse_kl = ln2 (a/ss - log2 ss + log2 Zt)
 //   H(q) = ln2 (log2 ss - dq/ss),   H(p) = ln2 ((st/Zt) log2 Zt - dp/Zt)
+// (common/cuda_rowstats.h row_results; the CPU suite runs it in this kernel's order:
+// test/cuda_plan.test.ts).
 // The log-ratios are relative to the running maxima, so large logits cause no cancellation.
 //
 // Launch shape: one block of kRowThreads = 512 threads per row, grid = n. Each thread reads
@@ -136,14 +138,12 @@ KD_UNROLL
 
   if (tid == 0) {
     const PairStats& S = acc.p;
-    const float l2ss = log2f(S.ss);
-    const float l2zt = P.traw ? 0.0f : log2f(S.st);
-    const float zt = P.traw ? 1.0f : S.st;
-    const float pm = S.st / zt;  // sum p: 1, or sum e^t for raw log-probs
-    P.forward_kl[row] = kLn2 * (S.b / zt + pm * (l2ss - l2zt));
-    P.reverse_kl[row] = kLn2 * (S.a / S.ss - l2ss + l2zt);
-    P.student_entropy[row] = kLn2 * (l2ss - S.dq / S.ss);
-    P.teacher_entropy[row] = kLn2 * (pm * l2zt - S.dp / zt);
+    const RowResults r = row_results(S, P.traw);  // common/cuda_rowstats.h (CPU-tested)
+    const float l2ss = r.l2ss, l2zt = r.l2zt;
+    P.forward_kl[row] = r.fkl;
+    P.reverse_kl[row] = r.rkl;
+    P.student_entropy[row] = r.hq;
+    P.teacher_entropy[row] = r.hp;
     if (P.sampled) {
       if (bad) {
         P.student_logprob[row] = __builtin_nanf("");
