@@ -164,6 +164,93 @@ describe('topk vs a full float64 sort', () => {
   });
 });
 
+// ---- input orderings ---------------------------------------------------------------------
+// The CPU kernel's speed used to depend on the order of a row (a running threshold let
+// every element of an ascending row into its buffer); its results never may. Each
+// ordering, per dtype, against the float64 reference, with a row stride, and bitwise
+// equal for 1 and 2 threads.
+const ORDERINGS = ['iid', 'ascending', 'descending', 'zipf', 'equal', 'sawtooth', 'threshold-ties'] as const;
+type Ordering = (typeof ORDERINGS)[number];
+
+/**
+ * n rows of v logits in the given order: i.i.d. 2·N(0,1); the same values sorted
+ * ascending / descending along the vocabulary; Zipf-like (a frequency-sorted vocabulary:
+ * -1.1 log(rank) + N(0, 0.5²)); all equal; a sawtooth of period 1000 (ascending runs);
+ * and rows whose k-th largest value is shared by many ids (integers 0..9 with ~k/2 nines
+ * and ~V/9 eights: the k-th largest is an eight, tied with thousands of later ids).
+ */
+function ordered(kind: Ordering, n: number, v: number, k: number, seed: number): Float64Array {
+  const rng = mulberry32(seed);
+  const out = new Float64Array(n * v);
+  for (let i = 0; i < n; i++) {
+    const r = out.subarray(i * v, (i + 1) * v);
+    for (let j = 0; j < v; j++) {
+      const g = Math.sqrt(-2 * Math.log(1 - rng())) * Math.cos(2 * Math.PI * rng());
+      if (kind === 'zipf') r[j] = -1.1 * Math.log(j + 1) + 0.5 * g;
+      else if (kind === 'equal') r[j] = 0.75;
+      else if (kind === 'sawtooth') r[j] = (j % 1000) / 100;
+      else if (kind === 'threshold-ties') r[j] = Math.floor(rng() * 9);
+      else r[j] = 2 * g;
+    }
+    if (kind === 'threshold-ties') for (let c = 0; c < Math.max(1, k >> 1); c++) r[Math.floor(rng() * v)] = 9;
+    if (kind === 'ascending') r.sort();
+    if (kind === 'descending') r.sort().reverse();
+  }
+  return out;
+}
+
+describe('every input ordering gives the reference result', () => {
+  for (const dtype of DTYPES)
+    it(`ascending, descending, Zipf-like, all equal, i.i.d., sawtooth, ties at the threshold, ${dtype}`, () => {
+      let seed = 100;
+      for (const kind of ORDERINGS) {
+        check({ n: 2, v: 151936, k: 64, dtype, data: ordered(kind, 2, 151936, 64, seed++), output: 'logprobs' });
+        check({ n: 4, v: 32000, k: 1024, dtype, data: ordered(kind, 4, 32000, 1024, seed++), output: 'logprobs', temperature: 0.7, ld: 32005 });
+        check({ n: 5, v: 5003, k: 1, dtype, data: ordered(kind, 5, 5003, 1, seed++), output: 'logprobs' });
+        check({ n: 7, v: 1271, k: 17, dtype, data: ordered(kind, 7, 1271, 17, seed++), valuesDtype: 'input' });
+      }
+    });
+
+  it('a row whose top k all lie in one sampled run (the prefilter admits < k) is redone exactly', () => {
+    // White-box: mirrors plan_sample in native/cpu/topk.cc (32 runs of 128 at murmur3-mixed
+    // places in 32 strata). The 64 largest logits fill the first sampled run, so the
+    // sampled threshold (the 11th largest of the sample) lets only 11 elements through and
+    // the kernel must redo the row without it. Whatever the placement, the result must be
+    // the reference's.
+    const v = 151936, k = 64, L = 128;
+    const mix32 = (h: number): number => {
+      h ^= h >>> 16; h = Math.imul(h, 0x85ebca6b); h ^= h >>> 13; h = Math.imul(h, 0xc2b2ae35);
+      return (h ^ (h >>> 16)) >>> 0;
+    };
+    const slots = Math.floor(v / L), hi = Math.floor(slots / 32);
+    const start = (mix32((0 ^ 0x9e3779b9) >>> 0) % hi) * L;
+    for (const dtype of DTYPES) {
+      const data = ordered('iid', 2, v, k, 7);
+      for (let i = 0; i < 2; i++) for (let c = 0; c < k; c++) data[i * v + start + c] = 20 + c / 8;
+      check({ n: 2, v, k, dtype, data, output: 'logprobs' });
+    }
+  });
+
+  it('1 and 2 threads give bitwise identical results for every ordering', () => {
+    const before = kd.backends().cpu.threads;
+    try {
+      let seed = 200;
+      for (const kind of ORDERINGS) {
+        const t = makeTensor(ordered(kind, 12, 40000, 64, seed++), 12, 40000, 'f32');
+        const run = (threads: number) => {
+          kd.setThreads(threads);
+          const r = kd.topk(t, 64, { output: 'logprobs' });
+          return [r.indices, r.values, r.tailLogProb].map((x) => Buffer.from(x.toArray().buffer));
+        };
+        const [a, b] = [run(1), run(2)];
+        for (let j = 0; j < 3; j++) expect(b[j]!.equals(a[j]!), `${kind}: output ${j} differs between 1 and 2 threads`).toBe(true);
+      }
+    } finally {
+      kd.setThreads(before);
+    }
+  });
+});
+
 describe('every CPU ISA level (AVX-512, AVX2, generic) agrees with the reference', () => {
   it('topk, sampleTeacher and sparseKlDiv at each level this machine supports', () => {
     const b = binding();
@@ -176,6 +263,7 @@ describe('every CPU ISA level (AVX-512, AVX2, generic) agrees with the reference
         if (!b.setIsa(isa)) continue; // not supported here
         check({ n: 5, v: 5000, k: 33, dtype: 'bf16', data, output: 'logprobs' });
         check({ n: 3, v: 20000, k: 1024, dtype: 'f32', data: ties(3, 20000, 3, 61) });
+        check({ n: 3, v: 20000, k: 64, dtype: 'f16', data: ordered('ascending', 3, 20000, 64, 63), output: 'logprobs' });
         check({ n: 4, v: 5000, k: 8, dtype: 'f16', data: tinyTail(4, 5000, 8, 1e-30, 62), output: 'logprobs' });
         // The sampled ids do not depend on the ISA level either (common/sample_teacher.h).
         const ids = Array.from(kd.sampleTeacher(t, 64, { seed: 5, proposalPower: 0.5 }).indices.toArray());
