@@ -12,7 +12,7 @@ import { markdownTable, summarize, summaryTable } from '../examples/arithmetic/r
 import { runSearch } from '../examples/arithmetic/search.js';
 import { readHParams } from '../examples/arithmetic/train.js';
 import * as kd from '../lib/index.js';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -179,8 +179,11 @@ describe('examples/arithmetic', () => {
   });
 
   it('is deterministic for a seed', async () => {
-    const a = await runExperiment(tiny(['ce', 'sample8', 'gkd', 'onpolicy-rkl', 'onpolicy-guided']));
-    const b = await runExperiment(tiny(['ce', 'sample8', 'gkd', 'onpolicy-rkl', 'onpolicy-guided']));
+    // The second run reads the teacher the first one kept on disk: same numbers, bit for bit.
+    const teacherDir = mkdtempSync(join(tmpdir(), 'kd-arith-teachers-'));
+    const a = await runExperiment({ ...tiny(['ce', 'sample8', 'gkd', 'onpolicy-rkl', 'onpolicy-guided']), teacherDir });
+    const b = await runExperiment({ ...tiny(['ce', 'sample8', 'gkd', 'onpolicy-rkl', 'onpolicy-guided']), teacherDir });
+    expect(readdirSync(teacherDir)).toHaveLength(1);
     const strip = (x: typeof a) => x.results.map((m) => ({ id: m.id, eval: m.eval, loss: m.finalLoss, bytes: m.teacherBytes, op: m.onPolicy }));
     expect(strip(b)).toEqual(strip(a));
   });

@@ -38,9 +38,10 @@
  *                          (teacher-forced-like data), later the student's own (on-policy
  *                          data): one answer to both exposure biases.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import * as kd from '../../lib/index.js';
 import { fromTf, kdLoss, sparseKdLoss } from '../../lib/tfjs.js';
@@ -146,6 +147,11 @@ export interface ExperimentConfig extends HParams {
    * configurations against one teacher); a run adds the teacher it trains.
    */
   teacherCache?: Map<string, CachedTeacher>;
+  /**
+   * A folder where trained teachers are kept on disk under a hash of everything that
+   * decides them (development runs and the search share one; never read by default).
+   */
+  teacherDir?: string;
   log: (line: string) => void;
 }
 
@@ -215,6 +221,12 @@ export interface OnPolicyDiagnostics {
   sampleExactLast: number;
   /** Teacher-guided rollouts: share of digits handed back to the teacher. */
   handedBack?: number;
+  /**
+   * Mean global gradient norm before clipping (at 1), after the warm start, of the
+   * on-policy steps and of the supervised KD steps in between (GKD; NaN if none).
+   */
+  gradNormOnPolicy: number;
+  gradNormOffPolicy: number;
 }
 
 /** What the teacher's soft targets hold, over the training answer tokens, at temperature T. */
@@ -297,18 +309,20 @@ function lrAt(step: number, total: number, peak: number): number {
  * One optimiser step: tf.variableGrads, global-norm clipping at 1, Adam, then
  * decoupled weight decay on the matrices (AdamW: w ← w · (1 − lr · wd)).
  */
-function step(model: Transformer, opt: tf.AdamOptimizer, lr: number, weightDecay: number, lossFn: () => tf.Scalar): number {
+function step(model: Transformer, opt: tf.AdamOptimizer, lr: number, weightDecay: number, lossFn: () => tf.Scalar): { loss: number; gradNorm: number } {
   const { value, grads } = tf.variableGrads(lossFn, model.variables);
   const loss = value.dataSync()[0]!;
+  let gradNorm = NaN;
   tf.tidy(() => {
     const names = Object.keys(grads);
     const norm = Math.sqrt(names.reduce((a, k) => a + tf.sum(tf.square(grads[k]!)).dataSync()[0]!, 0));
+    gradNorm = norm;
     const scale = norm > 1 ? 1 / norm : 1;
     opt.applyGradients(names.map((k) => ({ name: k, tensor: scale === 1 ? grads[k]! : tf.mul(grads[k]!, scale) })));
     if (weightDecay > 0) for (const v of model.variables) if (v.rank === 2) v.assign(tf.mul(v, 1 - lr * weightDecay));
   });
   tf.dispose([value, ...Object.values(grads)]);
-  return loss;
+  return { loss, gradNorm };
 }
 
 function setLr(opt: tf.AdamOptimizer, lr: number): void {
@@ -564,7 +578,7 @@ function trainModel(model: Transformer, method: MethodId, steps: number, lr: num
   const warm = warmSteps(method, steps, cfg.warmFraction);
   let emaLoss = NaN;
   let teacherForwards = 0;
-  const diag = { rkl: [] as number[], agree: 0, exact: [] as number[], handedBack: 0, tokens: 0 };
+  const diag = { rkl: [] as number[], agree: 0, exact: [] as number[], handedBack: 0, tokens: 0, gnOn: [] as number[], gnOff: [] as number[] };
   const softW = new Float32Array(B * A).fill(cfg.softWeight);
 
   for (let s = 0; s < steps; s++) {
@@ -646,7 +660,8 @@ function trainModel(model: Transformer, method: MethodId, steps: number, lr: num
         ) as tf.Scalar;
       };
     }
-    const loss = step(model, opt, lrNow, cfg.weightDecay, lossFn);
+    const { loss, gradNorm } = step(model, opt, lrNow, cfg.weightDecay, lossFn);
+    if (ON_POLICY.has(method) && s >= warm) (onPolicyNow ? diag.gnOn : diag.gnOff).push(gradNorm);
     emaLoss = Number.isNaN(emaLoss) ? loss : 0.95 * emaLoss + 0.05 * loss;
   }
   opt.dispose();
@@ -663,10 +678,35 @@ function trainModel(model: Transformer, method: MethodId, steps: number, lr: num
       sampleExact: mean(diag.exact),
       sampleExactFirst: mean(diag.exact.slice(0, 10)),
       sampleExactLast: mean(diag.exact.slice(-10)),
+      gradNormOnPolicy: mean(diag.gnOn),
+      gradNormOffPolicy: mean(diag.gnOff),
       ...(method === 'onpolicy-guided' ? { handedBack: diag.tokens ? diag.handedBack / diag.tokens : NaN } : {}),
     };
   }
   return out;
+}
+
+/** Teachers on disk: JSON with the weights as base64 f32, checked against the key. */
+async function writeTeacher(file: string, key: string, t: CachedTeacher): Promise<void> {
+  await mkdir(dirname(file), { recursive: true });
+  const weights = t.weights.map((w) => Buffer.from(w.buffer, w.byteOffset, w.byteLength).toString('base64'));
+  await writeFile(file, JSON.stringify({ key, ...t, weights }));
+}
+
+async function readTeacher(file: string, key: string): Promise<CachedTeacher | undefined> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const j = JSON.parse(text) as Omit<CachedTeacher, 'weights'> & { key: string; weights: string[] };
+  if (j.key !== key) throw new Error(`${file}: holds a teacher for ${j.key}, not ${key}`);
+  const weights = j.weights.map((b) => {
+    const buf = Buffer.from(b, 'base64');
+    return new Float32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength));
+  });
+  return { ...j, weights };
 }
 
 // ---------------------------------------------------------------------------------
@@ -702,13 +742,14 @@ export async function runExperiment(cfg: ExperimentConfig): Promise<ExperimentRe
   let teacherLoss = NaN;
   let teacherAttempts = 0;
   const cacheKey = JSON.stringify([cfg.seed, cfg.digits, cfg.ops, cfg.nTrain, cfg.nVal, cfg.nTest, cfg.teacher, cfg.teacherSteps, cfg.teacherLr, cfg.teacherTarget, cfg.teacherAttempts, cfg.batch, cfg.weightDecay]);
-  const cached = cfg.teacherCache?.get(cacheKey);
+  const teacherFile = cfg.teacherDir ? join(cfg.teacherDir, `teacher-${createHash('sha256').update(cacheKey).digest('hex').slice(0, 16)}.json`) : undefined;
+  const cached = cfg.teacherCache?.get(cacheKey) ?? (teacherFile ? await readTeacher(teacherFile, cacheKey) : undefined);
   if (cached) {
     teacherAttempts = cached.attempts;
     teacher = new Transformer(cfg.teacher, L, cfg.seed * 31 + 1 + 1000 * (teacherAttempts - 1), `teacher${teacherAttempts - 1}`);
     teacher.variables.forEach((v, i) => v.assign(tf.tensor(cached.weights[i]!, v.shape)));
     teacherLoss = cached.finalLoss;
-    log(`teacher: reused (attempt ${teacherAttempts}, trained earlier in this process)`);
+    log(`teacher: reused (attempt ${teacherAttempts}, trained earlier${cfg.teacherCache?.has(cacheKey) ? ' in this process' : ` and kept in ${teacherFile}`})`);
   } else {
     for (;;) {
       teacher = new Transformer(cfg.teacher, L, cfg.seed * 31 + 1 + 1000 * teacherAttempts, `teacher${teacherAttempts}`);
@@ -723,8 +764,11 @@ export async function runExperiment(cfg: ExperimentConfig): Promise<ExperimentRe
   }
   const teacherTrainSeconds = cached ? cached.seconds : (performance.now() - t) / 1000;
   const teacherCpu = cached ? cached.cpuSeconds : cpuNow() - c;
-  if (cfg.teacherCache && !cached)
-    cfg.teacherCache.set(cacheKey, { weights: teacher.variables.map((v) => v.dataSync().slice() as Float32Array), attempts: teacherAttempts, seconds: teacherTrainSeconds, cpuSeconds: teacherCpu, finalLoss: teacherLoss });
+  if (!cached) {
+    const entry: CachedTeacher = { weights: teacher.variables.map((v) => v.dataSync().slice() as Float32Array), attempts: teacherAttempts, seconds: teacherTrainSeconds, cpuSeconds: teacherCpu, finalLoss: teacherLoss };
+    cfg.teacherCache?.set(cacheKey, entry);
+    if (teacherFile) await writeTeacher(teacherFile, cacheKey, entry);
+  } else cfg.teacherCache?.set(cacheKey, cached);
   const teacherEval = evaluate(teacher, evalSet, cfg.evalChunk);
   log(`teacher: exact match ${(100 * teacherEval.exactMatch).toFixed(1)}% (${teacherTrainSeconds.toFixed(1)} s)`);
 
@@ -811,7 +855,7 @@ export async function runExperiment(cfg: ExperimentConfig): Promise<ExperimentRe
   const teacherParams = teacher.parameterCount;
   teacher.dispose();
   const { cpus, loadavg } = os;
-  const { log: _log, teacherCache: _cache, ...config } = cfg;
+  const { log: _log, teacherCache: _cache, teacherDir: _dir, ...config } = cfg;
   return {
     config,
     teacherStats,

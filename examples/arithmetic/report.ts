@@ -50,7 +50,8 @@ export function markdownTable(r: ExperimentResult, command: string): string {
       `On-policy diagnostics, ${m.label} (tokenStats on the student's rollouts, ${d.rolloutSteps} rollout steps): ` +
         `reverse KL(student‖teacher) ${d.reverseKl.toFixed(3)} nats/token (first 10 steps ${d.reverseKlFirst.toFixed(3)}, last 10 ${d.reverseKlLast.toFixed(3)}), ` +
         `teacher-argmax agreement of sampled digits ${pct(d.teacherTop1Agreement)}%, rollouts fully correct ${pct(d.sampleExact)}% (first 10 steps ${pct(d.sampleExactFirst)}%, last 10 ${pct(d.sampleExactLast)}%)` +
-        `${d.handedBack !== undefined ? `, digits handed back to the teacher ${pct(d.handedBack)}%` : ''}.`,
+        `${d.handedBack !== undefined ? `, digits handed back to the teacher ${pct(d.handedBack)}%` : ''}; ` +
+        `gradient norm before clipping at 1: on-policy steps ${d.gradNormOnPolicy.toFixed(2)}${Number.isNaN(d.gradNormOffPolicy) ? '' : `, supervised KD steps in between ${d.gradNormOffPolicy.toFixed(2)}`}.`,
     );
     lines.push('');
   }

@@ -8,6 +8,7 @@
  *   flags: --quick --search --seeds 1,2,3 --steps N (student steps) --teacher-steps N
  *          --methods a,b,... --ops + | - | +- --digits D --out DIR
  *          --eval-on val (development runs: score on the validation split, keep the held-out set unseen)
+ *          --teacher-dir DIR (keep trained teachers there and reuse them: development runs)
  *          --hparams FILE (default hparams.json next to this file) and overrides of its
  *          values: --temperature T --hard-weight W --soft-weight W --lambda L
  *          --warm-fraction F --guide-top-k K (a run with overrides says so)
@@ -95,6 +96,7 @@ async function main(): Promise<void> {
       'warm-fraction': { type: 'string' },
       'guide-top-k': { type: 'string' },
       'eval-on': { type: 'string' },
+      'teacher-dir': { type: 'string' },
       out: { type: 'string' },
     },
   });
@@ -129,6 +131,7 @@ async function main(): Promise<void> {
     if (values['eval-on'] === 'val' && !values.out) throw new Error('--eval-on val is for development runs: pass --out DIR too');
     cfg.evalOn = values['eval-on'];
   }
+  if (values['teacher-dir'] !== undefined) cfg.teacherDir = values['teacher-dir'];
   if (values.steps !== undefined) cfg.studentSteps = int('steps', values.steps);
   if (values['teacher-steps'] !== undefined) cfg.teacherSteps = int('teacher-steps', values['teacher-steps']);
   if (values.ops !== undefined) {
