@@ -13,7 +13,7 @@
  *          values: --temperature T --hard-weight W --soft-weight W --lambda L
  *          --warm-fraction F --guide-top-k K (a run with overrides says so)
  *
- * The full run writes results/full-seed{N}.{md,json} per seed and results/summary.{json,md}
+ * The full run writes results/seed{N}.{md,json} per seed and results/summary.{json,md}
  * across seeds; --quick writes results/quick.{md,json} and results/quick-summary.json;
  * --out DIR writes the same files under DIR instead (development runs). See README.md.
  */
@@ -173,7 +173,8 @@ async function main(): Promise<void> {
     runs.push(result);
     const table = markdownTable(result, command) + `\nHyper-parameters: ${hparamsSource}. Source: ${source}.\n`;
     console.log('\n' + table);
-    const base = `${mode}${mode === 'full' || seeds.length > 1 ? `-seed${seed}` : ''}`;
+    // seed{N}: not full-seed{N}, which holds the earlier runs (see README.md).
+    const base = mode === 'full' ? `seed${seed}` : `quick${seeds.length > 1 ? `-seed${seed}` : ''}`;
     writeFileSync(join(dir, `${base}.md`), table);
     writeFileSync(join(dir, `${base}.json`), JSON.stringify({ command, source, hparams: hparamsSource, ...result }, null, 2) + '\n');
     console.log(`written: ${join(dir, `${base}.md`)} and ${base}.json`);
