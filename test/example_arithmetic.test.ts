@@ -168,6 +168,9 @@ describe('examples/arithmetic', () => {
       // Free-running digit 0 reads only the prompt, as teacher-forced digit 0 does.
       expect(e.perPosition[0]).toBe(e.teacherForcedPerPosition[0]);
       expect(e.teacherForcedExactMatch).toBeLessThanOrEqual(Math.min(...e.teacherForcedPerPosition));
+      // Greedy decoding: right free-running exactly when every digit is right from the true prefix.
+      expect(e.teacherForcedExactMatch).toBe(e.exactMatch);
+      for (const x of [e.afterErrorAccuracy, e.afterErrorTeacherForcedAccuracy]) expect(Number.isNaN(x) || (x >= 0 && x <= 1)).toBe(true);
     }
     const table = markdownTable(r, 'npm run example:arithmetic -- --test');
     for (const id of ALL_METHODS) expect(table).toContain(`| ${METHOD_LABEL[id]} |`);

@@ -176,6 +176,15 @@ export interface Evaluation {
    * entry the share with no error (= exactMatch).
    */
   firstError: number[];
+  /**
+   * The digits after a free-running model's first wrong digit: the share of them it gets
+   * right free-running (reading its own wrong digit) and teacher-forced (reading the true
+   * one); NaN when no problem has such digits. With greedy decoding the two exact
+   * matches are equal by construction (a sequence is right free-running exactly when
+   * every digit is right from the true prefix), so this is where exposure bias shows.
+   */
+  afterErrorAccuracy: number;
+  afterErrorTeacherForcedAccuracy: number;
 }
 
 export interface MethodResult {
@@ -342,6 +351,7 @@ export function evaluate(model: Transformer, test: Dataset, chunk: number): Eval
   const firstError = new Float64Array(A + 1);
   let exact = 0;
   let tfExact = 0;
+  const after = { n: 0, free: 0, forced: 0 };
   for (let s = 0; s < test.n; s += chunk) {
     const B = Math.min(chunk, test.n - s);
     const seqs = test.tokens.subarray(s * L.seqLen, (s + B) * L.seqLen);
@@ -354,9 +364,15 @@ export function evaluate(model: Transformer, test: Dataset, chunk: number): Eval
       let tfAll = true;
       for (let j = 0; j < A; j++) {
         const at = b * L.seqLen + L.promptLen + j;
+        const tfOk = argmax(forced.subarray((b * A + j) * VOCAB, (b * A + j + 1) * VOCAB)) === seqs[at];
+        if (first < A) {
+          after.n++;
+          if (out[at] === seqs[at]) after.free++;
+          if (tfOk) after.forced++;
+        }
         if (out[at] === seqs[at]) correct[j]!++;
         else if (first === A) first = j;
-        if (argmax(forced.subarray((b * A + j) * VOCAB, (b * A + j + 1) * VOCAB)) === seqs[at]) tfCorrect[j]!++;
+        if (tfOk) tfCorrect[j]!++;
         else tfAll = false;
       }
       firstError[first]!++;
@@ -371,6 +387,8 @@ export function evaluate(model: Transformer, test: Dataset, chunk: number): Eval
     teacherForcedExactMatch: tfExact / test.n,
     teacherForcedPerPosition: frac(tfCorrect),
     firstError: frac(firstError),
+    afterErrorAccuracy: after.n ? after.free / after.n : NaN,
+    afterErrorTeacherForcedAccuracy: after.n ? after.forced / after.n : NaN,
   };
 }
 

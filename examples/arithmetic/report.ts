@@ -31,7 +31,7 @@ export function markdownTable(r: ExperimentResult, command: string): string {
   lines.push('');
   const head = [
     'method', 'warm steps', 'exact % free-running', 'exact % teacher-forced', 'digits 0/1/2/3 % free', 'digits % teacher-forced',
-    'first error at digit 0/1/2/3 %', 'train s (CPU s)', 'teacher fwd (seqs)', 'teacher bytes (stored + live)', 'teacher data',
+    'first error at digit 0/1/2/3 %', 'after the first error: digits right % free / teacher-forced', 'train s (CPU s)', 'teacher fwd (seqs)', 'teacher bytes (stored + live)', 'teacher data',
   ];
   lines.push(`| ${head.join(' | ')} |`);
   lines.push(`|${head.map((h) => (h === 'method' || h === 'teacher data' || h.includes('/') || h.startsWith('digits') ? ' --- ' : ' ---: ')).join('|')}|`);
@@ -76,6 +76,7 @@ function row(m: MethodResult): string {
     digits(e.perPosition),
     digits(e.teacherForcedPerPosition),
     digits(e.firstError.slice(0, -1)),
+    `${pct(e.afterErrorAccuracy)} / ${pct(e.afterErrorTeacherForcedAccuracy)}`,
     `${m.trainSeconds.toFixed(1)} (${m.trainCpuSeconds.toFixed(1)})`,
     String(m.teacherForwards),
     m.teacherBytes + m.liveTeacherBytes ? `${bytes(m.teacherBytes)} + ${bytes(m.liveTeacherBytes)}` : '-',
@@ -99,6 +100,9 @@ export interface MethodSummary {
   teacherForcedPerDigit: number[];
   /** Mean over seeds, in %: share of problems whose first wrong digit is j (last: none). */
   firstError: number[];
+  /** Per seed, in %: digits right after the first free-running error, free-running and teacher-forced. */
+  afterErrorAccuracy: number[];
+  afterErrorTeacherForcedAccuracy: number[];
   warmSteps: number;
   steps: number;
   trainSeconds: number[];
@@ -130,11 +134,14 @@ export function summarize(runs: ExperimentResult[], meta: { command: string; sou
     for (const m of r.results) {
       const s = (methods[m.id] ??= {
         label: m.label, exactMatch: [], seeds: [], teacherForcedExactMatch: [], perDigit: [], teacherForcedPerDigit: [], firstError: [],
+        afterErrorAccuracy: [], afterErrorTeacherForcedAccuracy: [],
         warmSteps: m.warmSteps, steps: m.steps, trainSeconds: [], trainCpuSeconds: [], teacherForwards: [], teacherBytes: [], liveTeacherBytes: [],
       });
       s.exactMatch.push(r1(100 * m.eval.exactMatch));
       s.seeds.push(r.config.seed);
       s.teacherForcedExactMatch.push(r1(100 * m.eval.teacherForcedExactMatch));
+      s.afterErrorAccuracy.push(r1(100 * m.eval.afterErrorAccuracy));
+      s.afterErrorTeacherForcedAccuracy.push(r1(100 * m.eval.afterErrorTeacherForcedAccuracy));
       s.trainSeconds.push(r1(m.trainSeconds));
       s.trainCpuSeconds.push(r1(m.trainCpuSeconds));
       s.teacherForwards.push(m.teacherForwards);
@@ -167,7 +174,7 @@ export function summaryTable(s: Summary): string {
   lines.push('');
   const head = [
     'method', 'exact % free-running, mean ± sd (per seed)', 'exact % teacher-forced, mean (per seed)', 'digits 0/1/2/3 % free', 'digits % teacher-forced',
-    'first error at digit 0/1/2/3 / none %', 'train s, mean', 'CPU s, mean', 'teacher fwd (seqs)', 'teacher bytes, stored + live',
+    'first error at digit 0/1/2/3 / none %', 'after the first error: digits right % free / teacher-forced, mean', 'train s, mean', 'CPU s, mean', 'teacher fwd (seqs)', 'teacher bytes, stored + live',
   ];
   lines.push(`| ${head.join(' | ')} |`);
   lines.push(`|${head.map((h) => (h === 'method' || h.includes('/') || h.startsWith('digits') ? ' --- ' : ' ---: ')).join('|')}|`);
@@ -180,6 +187,7 @@ export function summaryTable(s: Summary): string {
         m.perDigit.map((x) => x.toFixed(0)).join('/'),
         m.teacherForcedPerDigit.map((x) => x.toFixed(0)).join('/'),
         m.firstError.map((x) => x.toFixed(0)).join('/'),
+        `${mean(m.afterErrorAccuracy).toFixed(1)} / ${mean(m.afterErrorTeacherForcedAccuracy).toFixed(1)}`,
         mean(m.trainSeconds).toFixed(1),
         mean(m.trainCpuSeconds).toFixed(1),
         mean(m.teacherForwards).toFixed(0),
