@@ -7,8 +7,14 @@ import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { Rng, VOCAB, answerOf, encode, layout, makeSplits, randomProblem, render } from '../examples/arithmetic/data.js';
 import { Transformer } from '../examples/arithmetic/model.js';
-import { ALL_METHODS, METHOD_LABEL, runExperiment, type ExperimentConfig } from '../examples/arithmetic/experiment.js';
-import { markdownTable } from '../examples/arithmetic/report.js';
+import { ALL_METHODS, METHOD_LABEL, ON_POLICY, runExperiment, type ExperimentConfig } from '../examples/arithmetic/experiment.js';
+import { markdownTable, summarize, summaryTable } from '../examples/arithmetic/report.js';
+import { runSearch } from '../examples/arithmetic/search.js';
+import { readHParams } from '../examples/arithmetic/train.js';
+import * as kd from '../lib/index.js';
+import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 function tiny(methods = ALL_METHODS): ExperimentConfig {
   return {
@@ -17,6 +23,7 @@ function tiny(methods = ALL_METHODS): ExperimentConfig {
     digits: 2,
     ops: '+-',
     nTrain: 120,
+    nVal: 24,
     nTest: 40,
     teacher: { dModel: 16, nLayers: 1, nHeads: 2, dFF: 32 },
     student: { dModel: 8, nLayers: 1, nHeads: 1, dFF: 16 },
@@ -33,6 +40,8 @@ function tiny(methods = ALL_METHODS): ExperimentConfig {
     softWeight: 0.5,
     lambda: 0.5,
     beta: 0.5,
+    warmFraction: 0.5,
+    guideTopK: 2,
     rolloutTemperature: 1,
     storeDtype: 'f16',
     methods,
@@ -137,21 +146,108 @@ describe('examples/arithmetic', () => {
     expect(by['top32-bucket']!.teacherBytes).toBeGreaterThan(by['top8-bucket']!.teacherBytes);
     expect(by.sample8!.teacherBytes).toBeGreaterThan(by['top8-bucket']!.teacherBytes);
     expect(by['top32-bucket']!.teacherBytes).toBeLessThan(by.fkl!.teacherBytes);
-    expect(by.onpolicy!.onPolicy!.rolloutSteps).toBeGreaterThan(0);
-    expect(by.onpolicy!.onPolicy!.teacherTop1Agreement).toBeGreaterThanOrEqual(0);
+    for (const id of ON_POLICY) {
+      const d = by[id]!.onPolicy!;
+      // 6 steps: gkd-cold rolls out with probability λ from step 0; the others after 3 warm steps.
+      expect(by[id]!.warmSteps).toBe(id === 'gkd-cold' ? 0 : 3);
+      expect(d.rolloutSteps).toBeGreaterThan(0);
+      expect(d.teacherTop1Agreement).toBeGreaterThanOrEqual(0);
+      expect(d.teacherTop1Agreement).toBeLessThanOrEqual(1);
+      expect(Number.isFinite(d.reverseKl) && d.reverseKl >= 0).toBe(true);
+      // Live teacher passes on top of the one-off pass over the 120 training problems.
+      expect(by[id]!.teacherForwards).toBe(120 + d.rolloutSteps * 8 * (id === 'onpolicy-guided' ? 3 : 1));
+    }
+    expect(by['onpolicy-rkl']!.onPolicy!.rolloutSteps).toBe(3); // every step after the warm start
+    expect(by['onpolicy-guided']!.onPolicy!.handedBack).toBeGreaterThanOrEqual(0);
+    expect(by.ce!.teacherForwards).toBe(0);
+    for (const m of r.results) {
+      const e = m.eval;
+      // The first error is somewhere or nowhere: the shares sum to 1, and "nowhere" is exact match.
+      expect(e.firstError.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 12);
+      expect(e.firstError[3]).toBe(e.exactMatch);
+      // Free-running digit 0 reads only the prompt, as teacher-forced digit 0 does.
+      expect(e.perPosition[0]).toBe(e.teacherForcedPerPosition[0]);
+      expect(e.teacherForcedExactMatch).toBeLessThanOrEqual(Math.min(...e.teacherForcedPerPosition));
+      // Greedy decoding: right free-running exactly when every digit is right from the true prefix.
+      expect(e.teacherForcedExactMatch).toBe(e.exactMatch);
+      for (const x of [e.afterErrorAccuracy, e.afterErrorTeacherForcedAccuracy]) expect(Number.isNaN(x) || (x >= 0 && x <= 1)).toBe(true);
+    }
     const table = markdownTable(r, 'npm run example:arithmetic -- --test');
     for (const id of ALL_METHODS) expect(table).toContain(`| ${METHOD_LABEL[id]} |`);
-    expect(table).toContain('digit 0 (units) %');
-    expect(table).toContain('On-policy diagnostics');
+    expect(table).toContain('exact % teacher-forced');
+    expect(table).toContain(`On-policy diagnostics, ${METHOD_LABEL['onpolicy-guided']}`);
     expect(table).toContain('Teacher soft targets');
     expect(r.teacherStats.meanTop1).toBeGreaterThan(0);
     expect(r.teacherStats.tailMass32).toBeLessThanOrEqual(r.teacherStats.tailMass8);
   });
 
   it('is deterministic for a seed', async () => {
-    const a = await runExperiment(tiny(['ce', 'sample8', 'onpolicy']));
-    const b = await runExperiment(tiny(['ce', 'sample8', 'onpolicy']));
+    // The second run reads the teacher the first one kept on disk: same numbers, bit for bit.
+    const teacherDir = mkdtempSync(join(tmpdir(), 'kd-arith-teachers-'));
+    const a = await runExperiment({ ...tiny(['ce', 'sample8', 'gkd', 'onpolicy-rkl', 'onpolicy-guided']), teacherDir });
+    const b = await runExperiment({ ...tiny(['ce', 'sample8', 'gkd', 'onpolicy-rkl', 'onpolicy-guided']), teacherDir });
+    expect(readdirSync(teacherDir)).toHaveLength(1);
     const strip = (x: typeof a) => x.results.map((m) => ({ id: m.id, eval: m.eval, loss: m.finalLoss, bytes: m.teacherBytes, op: m.onPolicy }));
     expect(strip(b)).toEqual(strip(a));
+  });
+
+  it('scores rollouts with teacher logits aligned token by token (a model judging its own greedy rollout ranks every digit first)', async () => {
+    await tf.setBackend('cpu');
+    const L = layout(3);
+    const { train } = makeSplits(2, 3, 16, 4, '+');
+    const m = new Transformer({ dModel: 16, nLayers: 1, nHeads: 2, dFF: 32 }, L, 4, 'align');
+    const B = 16;
+    const rolled = m.generate(train.tokens, B); // greedy
+    const input = new Int32Array(B * L.inputLen);
+    const sampled = new Int32Array(B * L.answerLen);
+    for (let b = 0; b < B; b++) {
+      input.set(rolled.subarray(b * L.seqLen, b * L.seqLen + L.inputLen), b * L.inputLen);
+      sampled.set(rolled.subarray(b * L.seqLen + L.promptLen, (b + 1) * L.seqLen), b * L.answerLen);
+    }
+    // One teacher-forced pass over the finished rollouts gives, at answer position j, the
+    // logits the model had when it generated digit j (causal model): its argmax is the digit.
+    const logits = m.logitsOf(input, B);
+    const st = kd.tokenStats(kd.tensor(logits, [B, L.answerLen, VOCAB]), kd.tensor(logits, [B, L.answerLen, VOCAB]), { sampled });
+    const rank = st.teacherRank!.toArray() as Int32Array;
+    const bad = Array.from(rank).flatMap((r, i) => (r === 0 ? [] : [`row ${i}: rank ${r}`]));
+    expect(bad.slice(0, 5)).toEqual([]);
+    // Same logits on both sides: the reverse KL is 0 to rounding.
+    for (const x of st.reverseKl.toArray() as Float32Array) expect(Math.abs(x)).toBeLessThan(1e-6);
+    m.dispose();
+  });
+
+  it('the search chooses the hyper-parameters on the validation split and records the grid', async () => {
+    const cfg = { ...tiny(), seed: 4 };
+    const h = await runSearch(cfg, 'test', 'test');
+    expect(h.status).toBe('searched');
+    const s = h.search as { grid: { stage: number; valExactMatch: number; hparams: Record<string, number> }[]; withChosenValues: unknown[]; nVal: number };
+    expect(s.nVal).toBe(24);
+    expect(s.grid.map((g) => g.stage)).toEqual([1, 1, 1, 1, 2, 2, 2, 2]);
+    // The winner of each stage is a best grid point of that stage (ties: the first).
+    for (const stage of [1, 2]) {
+      const pts = s.grid.filter((g) => g.stage === stage);
+      const top = pts.reduce((a, b) => (b.valExactMatch > a.valExactMatch ? b : a));
+      for (const [k, v] of Object.entries(top.hparams)) expect(h[k as keyof typeof h]).toBe(v);
+    }
+    expect(s.withChosenValues).toHaveLength(4);
+  });
+
+  it('summary.json holds one exact-match figure per seed and method, in %', async () => {
+    const runs = [await runExperiment({ ...tiny(['ce', 'gkd']), seed: 5 }), await runExperiment({ ...tiny(['ce', 'gkd']), seed: 6 })];
+    const s = summarize(runs, { command: 'test', source: 'test', hparams: {} });
+    expect(Object.keys(s.methods)).toEqual(['teacher', 'ce', 'gkd']);
+    for (const [id, m] of Object.entries(s.methods)) {
+      expect(m.seeds).toEqual([5, 6]);
+      expect(m.exactMatch).toEqual(runs.map((r) => Math.round(1000 * r.results.find((x) => x.id === id)!.eval.exactMatch) / 10));
+    }
+    expect(summaryTable(s)).toContain('| GKD (warm start, on-policy JSD) |');
+  });
+
+  it('hparams.json is valid, and a malformed one is rejected with the key named', () => {
+    const h = readHParams();
+    expect(['prior', 'searched']).toContain(h.status);
+    const bad = join(mkdtempSync(join(tmpdir(), 'kd-hp-')), 'h.json');
+    writeFileSync(bad, JSON.stringify({ ...h, lambda: 'x' }));
+    expect(() => readHParams(bad)).toThrow(/expected a finite number for 'lambda'/);
   });
 });
