@@ -61,10 +61,11 @@ fi
 if [ "$MODE" = pack ]; then
   set -e
   ARCH=${KD_GPU_ARCH:-90}
-  PATH="$PATH:/usr/local/cuda/bin" KD_CUDA_ARCHS="$ARCH-real" npx cmake-js build --CDKD_CUDA=ON --out build-cuda
-  mkdir -p .device
-  exclude=$(git rev-parse --git-path info/exclude)
-  grep -qx '/.device/' "$exclude" 2> /dev/null || echo '/.device/' >> "$exclude"
+  # configure every time: `cmake-js build` alone keeps whatever architectures build-cuda was
+  # configured with (a full-architecture build is ~53 MB, over the carry limit with node)
+  PATH="$PATH:/usr/local/cuda/bin" KD_CUDA_ARCHS="$ARCH-real" npx cmake-js configure --CDKD_CUDA=ON --CDKD_CUDA_ARCHS="$ARCH-real" --out build-cuda
+  PATH="$PATH:/usr/local/cuda/bin" KD_CUDA_ARCHS="$ARCH-real" npx cmake-js build --out build-cuda
+  mkdir -p .device  # ignored by .gitignore
   node_bin=$(command -v node)
   xz -T2 -6 -c "$node_bin" > .device/node.xz
   # node_modules may be a symbolic link (worktrees share one): pack what it points to.
