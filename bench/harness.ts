@@ -91,7 +91,8 @@ export interface OpSpec {
   traffic(shape: Shape, dtype: BenchDtype): Traffic;
   make(d: CaseData): OpCase;
   /** Contenders that compute the same thing: keys of JS_CONTENDERS / TFJS_LOSSES. */
-  contenders?: { js?: string; tfjs?: string; torch?: string };
+  /** torch: on CUDA groups, and on CPU groups for forward KL / JSD; torchCpu: on CPU groups (torch's own threads = the pool's). */
+  contenders?: { js?: string; tfjs?: string; torch?: string; torchCpu?: string };
   /** Run on all CPU threads only (the call-path cases of bench/call_path.bench.ts). */
   allThreadsOnly?: boolean;
   /**

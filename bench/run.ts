@@ -47,8 +47,8 @@ const HELP = `kd-kernels benchmark (npm run bench -- [options])
                        for forward KL only; shapes that don't fit in memory are skipped)
   --contenders <list>  js, tfjs, torch, none (default: js,tfjs, and torch on CUDA when
                        python3 has torch with CUDA; on the CPU, torch eager for forward
-                       KL and JSD f32 on all threads when KD_TORCH_PYTHON, /usr/bin/python3
-                       or python3 has torch)
+                       KL and JSD f32 and for topk (all its input orderings) on all
+                       threads when KD_TORCH_PYTHON, /usr/bin/python3 or python3 has torch)
   --time <ms>          measured time budget per case (default 250; quick 120)
   --seed <n>           data seed (default 1; recorded in the JSON)
   --out <dir>          where JSON and SVG go (default bench/results/)
@@ -143,7 +143,7 @@ if (contenderKinds.has('none')) contenderKinds.clear();
 // ---------------------------------------------------------------------------------
 
 const ORDER = [
-  'forward-kl', 'reverse-kl', 'jsd', 'tvd', 'skew-kl', 'distillation-loss', 'distillation-loss-jsd', 'token-stats', 'topk', 'sample-teacher', 'sparse-kl-div',
+  'forward-kl', 'reverse-kl', 'jsd', 'tvd', 'skew-kl', 'distillation-loss', 'distillation-loss-jsd', 'token-stats', 'topk', 'topk-ascending', 'topk-descending', 'topk-zipf', 'topk-equal', 'sample-teacher', 'sparse-kl-div',
   'forward-kl-default', 'forward-kl-default-dispose', 'jsd-default', 'tfjs-kd-loss-step',
 ];
 const allOps: OpSpec[] = [];
@@ -696,6 +696,50 @@ if (contenderKinds.has('torch') && cudaGroups.length > 0) {
       }
       if (r.status !== 0) notes.push(`torch: torch_bench.py exited with ${r.status ?? r.signal}: ${(r.stderr ?? '').trim().split('\n').slice(-3).join(' | ')}`);
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// PyTorch on the CPU (optional; ops with a `torchCpu` contender): the same script with
+// --device cpu and torch.set_num_threads(all threads), eager only. Debian's python3-torch
+// lives at /usr/bin/python3 (a pyenv python3 may come first on PATH without it).
+// ---------------------------------------------------------------------------------
+
+const cpuTorchGroups = groups.filter((g) => g.device === 'cpu' && g.cases.some((c) => c.op.contenders?.torchCpu));
+if (contenderKinds.has('torch') && cpuTorchGroups.length > 0) {
+  const pythons = [...new Set([process.env.KD_BENCH_PYTHON, '/usr/bin/python3', 'python3'].filter((x): x is string => !!x))];
+  const python = pythons.find((py) => spawnSync(py, ['-c', 'import torch'], { encoding: 'utf8' }).status === 0);
+  if (!python) {
+    notes.push(`torch (CPU): skipped: no python with torch among ${pythons.join(', ')}`);
+  } else {
+    const torchOps = [...new Set(cpuTorchGroups.flatMap((g) => g.cases.map((c) => c.op.contenders?.torchCpu).filter((x): x is string => !!x)))];
+    const torchShapes = [...new Set(cpuTorchGroups.map((g) => `${g.shape.N}x${g.shape.V}`))];
+    const torchDtypes = [...new Set(cpuTorchGroups.map((g) => g.dtype))];
+    progress.update(stepsDone, totalSteps, `torch CPU contenders (${python}, ${allThreads} threads)`);
+    const r = spawnSync(
+      python,
+      [join(ROOT, 'bench/contenders/torch_bench.py'), '--device', 'cpu', '--threads', String(allThreads), '--no-compile', '--ops', torchOps.join(','),
+        '--shapes', torchShapes.join(','), '--dtypes', torchDtypes.join(','), '--seed', String(seed), ...(quick ? ['--quick'] : [])],
+      { encoding: 'utf8', maxBuffer: 64 << 20, timeout: 30 * 60_000 },
+    );
+    progress.clear();
+    for (const line of (r.stdout ?? '').split('\n')) {
+      if (!line.startsWith('{')) continue;
+      try {
+        const j = JSON.parse(line) as { contender?: ContenderName; op: string; N: number; V: number; dtype: BenchDtype; ms: number[]; note?: string };
+        if (!j.contender || !Array.isArray(j.ms) || j.ms.length === 0) {
+          if (j.note) notes.push(`torch (CPU): ${j.note}`);
+          continue;
+        }
+        const stats: Stats = statsOf(j.ms);
+        const el = j.N * j.V;
+        const bytes = (j.op.startsWith('topk') ? 1 : 3) * el * (j.dtype === 'f32' ? 4 : 2); // topk reads one row; triad and losses three
+        contenders.push({ contender: j.contender, op: j.op, device: 'cpu', dtype: j.dtype, N: j.N, V: j.V, elements: el, bytes, stats, elemsPerS: el / (stats.median / 1000), gbps: bytes / (stats.median * 1e6), threads: allThreads, note: `own data, same distribution; ${allThreads} threads` });
+      } catch {
+        /* not ours */
+      }
+    }
+    if (r.status !== 0) notes.push(`torch (CPU): torch_bench.py exited with ${r.status ?? r.signal}: ${(r.stderr ?? '').trim().split('\n').slice(-3).join(' | ')}`);
   }
 }
 

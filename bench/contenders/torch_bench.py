@@ -6,8 +6,9 @@ backward (autograd), eager and under torch.compile, and the top-k extraction of 
 offline teacher store (torch.topk + logsumexp, eager, forward only), at the shapes and
 dtypes the benchmark runs. bench/run.ts calls this on CUDA runs when python3 has CUDA-enabled torch, and on CPU
 runs with `--device cpu --no-compile --threads <kd threads>` for forward KL and JSD at
-f32 (the "default call vs PyTorch CPU" figure) when a python3 with torch is found; it
-can also be run alone:
+f32 (the "default call vs PyTorch CPU" figure) and for topk and its input orderings
+(topk-ascending, topk-descending, topk-zipf, topk-equal) when a python3 with torch is
+found; it can also be run alone:
 
     python3 bench/contenders/torch_bench.py --ops forward-kl,jsd --shapes 512x32000 --dtypes f32,bf16
 
@@ -146,6 +147,25 @@ def main():
         lv = v - lse
         tail = torch.log(-torch.expm1(torch.logsumexp(lv, dim=-1)))
         return lv, i, tail
+    def ordered(op, t):
+        """topk's input for an ordering case (bench/topk.bench.ts orderedLogits): 'topk' is
+        the i.i.d. teacher itself; ascending / descending sort its values along the
+        vocabulary; zipf is -1.1 log(rank) + N(0, 0.5^2); equal is all 0.75."""
+        kind = op[len("topk-"):] if op.startswith("topk-") else "iid"
+        if kind == "iid":
+            return t
+        x = t.float()
+        if kind in ("ascending", "descending"):
+            x = torch.sort(x, dim=-1, descending=kind == "descending").values
+        elif kind == "zipf":
+            rank = torch.arange(1, x.shape[-1] + 1, device=dev, dtype=torch.float32)
+            x = -1.1 * torch.log(rank) + 0.5 * torch.randn(x.shape, device=dev, generator=gen)
+        elif kind == "equal":
+            x = torch.full_like(x, 0.75)
+        else:
+            raise ValueError(f"unknown topk ordering {kind}")
+        return x.to(t.dtype)
+
     dtypes = {"f32": torch.float32, "bf16": torch.bfloat16}
     gen = torch.Generator(device=dev)
     gen.manual_seed(args.seed)
@@ -208,14 +228,19 @@ def main():
             for op in args.ops.split(","):
                 if out_of_time(f"{op} {shape} {dname}"):
                     continue
-                if op == "topk":
+                if op == "topk" or op.startswith("topk-"):
                     try:
-                        ms = timed(lambda: topk(t))
+                        x = ordered(op, t)
+                        ms = timed(lambda: topk(x))
                         with torch.no_grad():
-                            value = float(topk(t)[2].sum())
+                            value = float(topk(x)[2].sum())
                         emit({"contender": "torch-eager", "op": op, "N": N, "V": V, "dtype": dname, "ms": ms, "loss": value})
+                        # torch.topk alone (no tail log-mass), for reference: the stricter contender.
+                        alone = sorted(timed(lambda: torch.topk(x, min(TOPK_K, V), dim=-1, largest=True, sorted=True)))
+                        emit({"note": f"torch.topk alone ({dev.type}, {op} {shape} {dname}): median {alone[len(alone) // 2]:.2f} ms"})
+                        del x
                     except Exception as e:  # noqa: BLE001
-                        emit({"note": f"torch-eager topk {shape} {dname}: failed: {str(e).splitlines()[0]}"})
+                        emit({"note": f"torch-eager {op} {shape} {dname}: failed: {str(e).splitlines()[0]}"})
                     continue
                 fn = losses.get(op)
                 if fn is None:
