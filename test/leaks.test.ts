@@ -82,8 +82,9 @@ describe('leaks (CPU)', () => {
   it('the output pool: 100,000 calls with 128 KiB gradients, disposed, dropped, and with the pool trimmed, keep memory flat', () => {
     const r = child(['pool', '100000'], 900_000) as Record<string, OpMem>;
     checkOps(r);
-    // disposed outputs are reused: after the warm-up no fresh block is needed
-    expect(r['pool: klDiv + dispose']!.freshSteps.reduce((a, b) => a + b, 0)).toBe(0);
+    // disposed outputs are reused: each quarter starts from a trimmed pool, so it takes at
+    // most the 16 blocks of its 16 async calls in flight; its 25,000 sync calls none more
+    for (const f of r['pool: klDiv + dispose']!.freshSteps) expect(f, 'fresh blocks in a quarter of disposed calls').toBeLessThanOrEqual(16);
   }, 900_000);
 
   it('the check itself sees a leak of 64 bytes per call', () => {
