@@ -6,8 +6,7 @@
  * zero-filled (every kernel writes every element it returns). `dispose()` hands a block
  * back at once (and detaches its ArrayBuffer); a tensor collected without dispose()
  * hands it back from its finalizer, which runs on a later turn of the event loop. The
- * pool keeps idle blocks for reuse (at most 32 per size) up to its cap (idle + in use,
- * default 1 GiB); an
+ * pool keeps idle blocks for reuse up to its cap (idle + in use, default 1 GiB); an
  * output that would pass the cap is a plain ArrayBuffer instead (counted in `overCap`).
  * CUDA: the stream-ordered device pool, where the build has one.
  */

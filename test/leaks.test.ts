@@ -40,12 +40,17 @@ function child(args: string[], timeout = 400_000): unknown {
   return JSON.parse(r.stdout.trim().split('\n').pop()!);
 }
 
-interface OpMem { calls: number; asyncCalls: number; ms: number; rss: number; external: number; arrayBuffers: number; heapUsed: number; rssSteps: number[] }
+interface OpMem {
+  calls: number; asyncCalls: number; ms: number; rss: number; external: number; arrayBuffers: number; heapUsed: number; rssSteps: number[];
+  /** The output pool's bytes (idle + in use) and fresh blocks, per quarter. */
+  poolSteps: number[]; freshSteps: number[];
+}
 
 function checkOps(r: Record<string, OpMem>): void {
   const lines = Object.entries(r).map(
     ([op, m]) =>
-      `${op.padEnd(20)} ${m.calls} sync + ${m.asyncCalls} async in ${(m.ms / 1000).toFixed(1)} s: external ${m.external} B, arrayBuffers ${m.arrayBuffers} B, heap ${m.heapUsed} B, RSS quarters ${m.rssSteps.map((x) => (x / 1024).toFixed(0)).join(' / ')} KiB`,
+      `${op.padEnd(20)} ${m.calls} sync + ${m.asyncCalls} async in ${(m.ms / 1000).toFixed(1)} s: external ${m.external} B, arrayBuffers ${m.arrayBuffers} B, heap ${m.heapUsed} B, RSS quarters ${m.rssSteps.map((x) => (x / 1024).toFixed(0)).join(' / ')} KiB` +
+      `, pool quarters ${m.poolSteps.map((x) => (x / 1024).toFixed(0)).join(' / ')} KiB (fresh blocks ${m.freshSteps.join(' / ')})`,
   );
   console.log(`[leaks]\n${lines.join('\n')}`);
   for (const [op, m] of Object.entries(r)) {
@@ -54,6 +59,9 @@ function checkOps(r: Record<string, OpMem>): void {
     expect(m.heapUsed, `${op}: V8 heap growth`).toBeLessThanOrEqual(HEAP_LIMIT);
     const late = m.rssSteps.slice(1).reduce((a, b) => a + b, 0);
     expect(late, `${op}: RSS growth over the last 75,000 calls (quarters ${m.rssSteps.join(', ')})`).toBeLessThanOrEqual(RSS_LIMIT);
+    // the pool's own memory (not seen by V8's counters) is held to the same bound
+    const latePool = m.poolSteps.slice(1).reduce((a, b) => a + b, 0);
+    expect(latePool, `${op}: output pool growth over the last 75,000 calls (quarters ${m.poolSteps.join(', ')})`).toBeLessThanOrEqual(RSS_LIMIT);
   }
 }
 
@@ -69,6 +77,14 @@ function checkFinalizers(r: Finalized): void {
 describe('leaks (CPU)', () => {
   it('100,000 calls of every op keep external memory and RSS flat', () => {
     checkOps(child(['ops', '100000', 'cpu'], 900_000) as Record<string, OpMem>);
+  }, 900_000);
+
+  it('the output pool: 100,000 calls with 128 KiB gradients, disposed, dropped, and with the pool trimmed, keep memory flat', () => {
+    const r = child(['pool', '100000'], 900_000) as Record<string, OpMem>;
+    checkOps(r);
+    // disposed outputs are reused: each quarter starts from a trimmed pool, so it takes at
+    // most the 16 blocks of its 16 async calls in flight; its 25,000 sync calls none more
+    for (const f of r['pool: klDiv + dispose']!.freshSteps) expect(f, 'fresh blocks in a quarter of disposed calls').toBeLessThanOrEqual(16);
   }, 900_000);
 
   it('the check itself sees a leak of 64 bytes per call', () => {

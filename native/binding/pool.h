@@ -42,8 +42,7 @@ class HostPool {
   // A block of ClassBytes(bytes) bytes, or nullptr when the cap does not allow it.
   // Sets *oom when the system allocator failed (the caller reports KD_ENOMEM).
   void* Acquire(size_t bytes, bool* oom);
-  // Returns a block taken with Acquire(bytes): kept idle if the cap and the per-class
-  // limit (tuning::kPoolMaxIdlePerClass) allow, else freed.
+  // Returns a block taken with Acquire(bytes): kept idle if the cap allows, else freed.
   void Release(void* p, size_t bytes);
   // Frees idle blocks until at most keep bytes stay idle.
   void Trim(size_t keep);

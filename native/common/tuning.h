@@ -139,11 +139,6 @@ constexpr int kCudaTriadBlocksPerSm = 8;
 // few hundred tokens stay plain.
 constexpr int64_t kPoolMinBytes = int64_t(64) << 10;
 
-// Idle blocks kept per size class: a training loop reuses a few outputs per shape (16
-// async calls in flight at most in our tests); a burst of outputs dropped between two
-// GCs must not leave hundreds of idle blocks behind. Beyond this, returned blocks are freed.
-constexpr int kPoolMaxIdlePerClass = 32;
-
 // Default cap of the pool: idle plus in-use bytes. Beyond it an output is a plain
 // ArrayBuffer (counted in kd.memory().cpu.overCap), so memory stays bounded when tensors
 // are dropped faster than their finalizers run. 1 GiB holds three 512 x 151936 f32
