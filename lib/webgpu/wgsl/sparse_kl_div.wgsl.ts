@@ -237,7 +237,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let id = id_at(ib + s, v);
     var first = true;
     for (var s2 = 0u; s2 < s; s2++) { if (id_at(ib + s2, v) == id) { first = false; break; } }
-    if (first && id != v) { st_g(gb + id, gv[u]); }
+    if (first && id != v && !bad) { st_g(gb + id, gv[u]); }  // a bad row stays all NaN
   }` : ''}
 }
 `;
