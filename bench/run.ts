@@ -38,7 +38,9 @@ const HELP = `kd-kernels benchmark (npm run bench -- [options])
                        sparse-kl-div, and the call paths (bench/call_path.bench.ts):
                        forward-kl-default, forward-kl-default-dispose, jsd-default,
                        tfjs-kd-loss-step (file names such as kl_div also work)
-  --device <list>      cpu, cuda (default: cpu, and cuda when available)
+  --device <list>      cpu, cuda (default: cpu, and cuda when available); or webgpu alone:
+                       the WGSL kernels vs tfjs-webgpu (tf ops + autograd) and the copy
+                       floor, on one GPUDevice (bench/webgpu.ts; --shape, --op forward-kl,jsd)
   --dtype <list>       f32, bf16 (default: both; quick: f32, bf16 for forward KL)
   --threads <list>     CPU threads, numbers or 'all' (default: 1,all; quick: all, 1 for forward KL)
   --shape <list>       NxV shapes, e.g. 512x32000,128x151936 (default: the full grid
@@ -113,6 +115,20 @@ if (args.time !== undefined) {
 
 const backends = kd.backends();
 const allThreads = backends.cpu.threads;
+
+// --device webgpu: the WGSL kernels against tfjs-webgpu, in their own run (bench/webgpu.ts).
+if (list(args.device)?.includes('webgpu')) {
+  if (list(args.device)!.length > 1) fail('--device webgpu runs on its own (bench/webgpu.ts); run cpu / cuda separately');
+  const { runWebGPUBench } = await import('./webgpu.js');
+  await runWebGPUBench({
+    quick: args.quick!,
+    shapes: args.shape ? list(args.shape.join(',')) : undefined,
+    ops: args.op ? list(args.op.join(',')) : undefined,
+    timeMs: args.time === undefined ? undefined : Number(args.time),
+    out: args.out,
+  });
+  process.exit(0);
+}
 
 const devices: BenchDevice[] = (() => {
   const d = list(args.device);

@@ -12,6 +12,7 @@ import { WEBGPU } from './tensor.js';
 import { divergence as webgpuDivergence } from './webgpu/divergence.js';
 import { tokenStats as webgpuTokenStats } from './webgpu/token_stats.js';
 import { topk as webgpuTopk } from './webgpu/topk.js';
+import { sparseKlDiv as webgpuSparseKlDiv } from './webgpu/sparse_kl_div.js';
 
 export type OpName = 'divergence' | 'tokenStats' | 'topk' | 'sampleTeacher' | 'sparseKlDiv';
 
@@ -20,6 +21,7 @@ const WEBGPU_OPS: Partial<Record<OpName, (args: OpArgs) => void>> = {
   divergence: webgpuDivergence,
   tokenStats: webgpuTokenStats,
   topk: webgpuTopk,
+  sparseKlDiv: webgpuSparseKlDiv,
 };
 
 /**

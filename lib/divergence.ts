@@ -112,7 +112,7 @@ function prepare(student: unknown, teacher: unknown, o: Record<string, unknown>,
   const gradDtype = o.gradDtype === undefined ? 'input' : expectOneOf('gradDtype', o.gradDtype, ['f32', 'input'] as const);
   const checkLabels = o.checkLabels === undefined ? true : expectBool('checkLabels', o.checkLabels);
   if (o.stream !== undefined && typeof o.stream !== 'bigint') throw new KdRangeError(`${op}: stream must be a bigint (cudaStream_t)`);
-  if (o.stream !== undefined && device < 0) throw new KdError(`${op}: a stream was given but the logits are on ${deviceName(device)}, not CUDA`, 'KD_EDEVICE');
+  if (o.stream !== undefined && device < 0) throw new KdError(`${op}: a stream was given but the logits are on ${device === -1 ? 'the CPU' : deviceName(device)}, not CUDA`, 'KD_EDEVICE');
 
   const temps: Tensor[] = [];
   const labelsIn = spec.labels !== undefined ? spec.labels : o.labels;

@@ -19,7 +19,7 @@
 import type { OpArgs } from '../binding.js';
 import { asRows } from './args.js';
 import { KdError, KdRangeError, KdTypeError, describe } from './errors.js';
-import { binding } from './native.js';
+import { dispatch } from './dispatch.js';
 import { Tensor, deviceName, output } from './tensor.js';
 import { slotDesc } from './topk.js';
 import { expectBool, expectInt, expectNumber, expectOptions } from './validate.js';
@@ -63,7 +63,7 @@ function expectSeed(v: unknown): bigint {
   throw new KdTypeError(`Expected a number or bigint for seed but received ${describe(v)}`);
 }
 
-function prepare(logits: unknown, n: unknown, opts: unknown): { args: OpArgs; result: SampledTeacher } {
+function prepare(logits: unknown, n: unknown, opts: unknown): { args: OpArgs; result: SampledTeacher; device: number } {
   const op = 'sampleTeacher';
   if (opts === undefined) throw new KdTypeError('sampleTeacher: options with a seed are required, e.g. { seed: 0 }');
   const o = expectOptions('sampleTeacher options', opts, ['seed', 'temperature', 'proposalPower', 'logprobs', 'stream']);
@@ -76,7 +76,7 @@ function prepare(logits: unknown, n: unknown, opts: unknown): { args: OpArgs; re
   const wantLogprobs = o.logprobs === undefined ? true : expectBool('logprobs', o.logprobs);
   const device = x.t.deviceIndex;
   if (o.stream !== undefined && typeof o.stream !== 'bigint') throw new KdRangeError(`${op}: stream must be a bigint (cudaStream_t)`);
-  if (o.stream !== undefined && device < 0) throw new KdError(`${op}: a stream was given but the logits are on the CPU`, 'KD_EDEVICE');
+  if (o.stream !== undefined && device < 0) throw new KdError(`${op}: a stream was given but the logits are on ${deviceName(device)}, not CUDA`, 'KD_EDEVICE');
 
   const dev = deviceName(device);
   const shape = [...x.lead, samples];
@@ -96,7 +96,7 @@ function prepare(logits: unknown, n: unknown, opts: unknown): { args: OpArgs; re
     logprobs: result.logprobs ? slotDesc(result.logprobs, 'logprobs', x.n, samples) : undefined,
     stream: o.stream as bigint | undefined,
   };
-  return { args, result };
+  return { args, result, device };
 }
 
 function disposeResult(r: SampledTeacher): void {
@@ -109,7 +109,7 @@ function disposeResult(r: SampledTeacher): void {
 export function sampleTeacher(logits: Tensor, n: number, opts: SampleTeacherOptions): SampledTeacher {
   const p = prepare(logits, n, opts);
   try {
-    binding().sampleTeacher(p.args);
+    dispatch('sampleTeacher', p.args, p.device);
   } catch (e) {
     disposeResult(p.result);
     throw e;
@@ -122,7 +122,7 @@ export async function sampleTeacherAsync(logits: Tensor, n: number, opts: Sample
   const p = prepare(logits, n, opts);
   p.args.async = true;
   try {
-    await binding().sampleTeacher(p.args);
+    await dispatch('sampleTeacher', p.args, p.device);
   } catch (e) {
     disposeResult(p.result);
     throw e;

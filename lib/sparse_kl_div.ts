@@ -22,8 +22,8 @@ import type { OpArgs, TensorDesc } from '../binding.js';
 import { asRows, flatDesc, resolveGrad, sideInput } from './args.js';
 import { REDUCTION_CODE, type LossOptions } from './divergence.js';
 import { KdError, KdRangeError, KdTypeError, describe } from './errors.js';
-import { binding } from './native.js';
-import { Tensor, deviceName, empty, isTensor, output } from './tensor.js';
+import { dispatch } from './dispatch.js';
+import { Tensor, WEBGPU, deviceName, empty, isTensor, output } from './tensor.js';
 import { expectBool, expectInt, expectNumber, expectOneOf, expectOptions } from './validate.js';
 
 export type SparseTail = 'renormalize' | 'bucket' | 'conditional' | 'sampled';
@@ -59,7 +59,8 @@ export interface SparseKlDivOptions extends Omit<LossOptions, 'teacher' | 'check
    * Check that the teacher ids lie in [0, V) and (except for 'sampled') are distinct per
    * token (default true). CUDA: copies the ids to the host (a sync); with false, an id
    * out of range makes that token's loss and gradient NaN there (the CPU always
-   * range-checks, as memory safety needs).
+   * range-checks, as memory safety needs). WebGPU cannot read the ids synchronously: they
+   * are not checked there, and an id out of range makes its token's loss and gradient NaN.
    */
   checkIds?: boolean;
 }
@@ -79,6 +80,7 @@ const TEACHER_KEYS = ['indices', 'values', 'tailLogProb', 'weights'] as const;
 
 interface Prepared {
   args: OpArgs;
+  device: number;
   result: SparseKlDivResult;
   temps: Tensor[];
   fresh: Tensor[];
@@ -152,9 +154,9 @@ function prepare(student: unknown, teacher: unknown, opts: unknown): Prepared {
   const gradDtype = o.gradDtype === undefined ? 'input' : expectOneOf('gradDtype', o.gradDtype, ['f32', 'input'] as const);
   const checkIds = o.checkIds === undefined ? true : expectBool('checkIds', o.checkIds);
   if (o.stream !== undefined && typeof o.stream !== 'bigint') throw new KdRangeError(`${op}: stream must be a bigint (cudaStream_t)`);
-  if (o.stream !== undefined && device < 0) throw new KdError(`${op}: a stream was given but the logits are on the CPU`, 'KD_EDEVICE');
+  if (o.stream !== undefined && device < 0) throw new KdError(`${op}: a stream was given but the logits are on ${deviceName(device)}, not CUDA`, 'KD_EDEVICE');
 
-  if (checkIds && s.n > 0) {
+  if (checkIds && s.n > 0 && device !== WEBGPU) {
     const host = ids.t.toArray() as Int32Array; // CPU: the view; CUDA: a copy (syncs)
     const seen = new Uint8Array(s.v);
     for (let i = 0; i < s.n; i++) {
@@ -208,18 +210,18 @@ function prepare(student: unknown, teacher: unknown, opts: unknown): Prepared {
   };
   const result: SparseKlDivResult = { loss };
   if (g.t) result.grad = g.t;
-  return { args, result, temps, fresh };
+  return { args, result, temps, fresh, device };
 }
 
 function disposeAll(ts: Tensor[]): void {
   for (const t of ts) t.dispose();
 }
 
-/** Sparse KD loss and gradient (see the module comment); CUDA work is enqueued, not awaited. */
+/** Sparse KD loss and gradient (see the module comment); CUDA and WebGPU work is enqueued, not awaited. */
 export function sparseKlDiv(student: Tensor, sparseTeacher: SparseTeacher, opts: SparseKlDivOptions): SparseKlDivResult {
   const p = prepare(student, sparseTeacher, opts);
   try {
-    binding().sparseKlDiv(p.args);
+    dispatch('sparseKlDiv', p.args, p.device);
   } catch (e) {
     disposeAll(p.fresh);
     throw e;
@@ -234,7 +236,7 @@ export async function sparseKlDivAsync(student: Tensor, sparseTeacher: SparseTea
   const p = prepare(student, sparseTeacher, opts);
   p.args.async = true;
   try {
-    await binding().sparseKlDiv(p.args);
+    await dispatch('sparseKlDiv', p.args, p.device);
   } catch (e) {
     disposeAll(p.fresh);
     throw e;

@@ -162,8 +162,34 @@ export function lossOptions(c: DivCase, b: Built): kd.LossOptions {
   return o;
 }
 
+type OpOut = { loss: kd.Tensor; grad?: kd.Tensor; hard?: kd.Tensor; soft?: kd.Tensor; total?: kd.Tensor };
+
 /** Runs the native op for a case. */
 export function runNative(c: DivCase, b: Built): RunOut {
+  const r = runOp(c, b);
+  return {
+    loss: c.reduction === 'none' ? r.loss.toFloat32Array() : r.loss.item(),
+    grad: r.grad?.toFloat32Array(),
+    hard: r.hard?.toFloat32Array(),
+    soft: r.soft?.toFloat32Array(),
+    total: r.total?.toFloat32Array(),
+  };
+}
+
+/** runNative with asynchronous reads: any device, WebGPU included. */
+export async function runNativeAsync(c: DivCase, b: Built): Promise<RunOut> {
+  const r = runOp(c, b);
+  return {
+    loss: c.reduction === 'none' ? await r.loss.toFloat32ArrayAsync() : await r.loss.itemAsync(),
+    grad: await r.grad?.toFloat32ArrayAsync(),
+    hard: await r.hard?.toFloat32ArrayAsync(),
+    soft: await r.soft?.toFloat32ArrayAsync(),
+    total: await r.total?.toFloat32ArrayAsync(),
+  };
+}
+
+/** Runs the op for a case on the tensors' device; the outputs stay there. */
+export function runOp(c: DivCase, b: Built): OpOut {
   const o = lossOptions(c, b);
   let given: kd.Tensor | undefined;
   if (c.grad === 'none') o.grad = false;
@@ -172,7 +198,7 @@ export function runNative(c: DivCase, b: Built): RunOut {
     given = kd.zeros([c.n, c.v], { dtype: c.gradDtype === 'f32' ? 'f32' : c.sDtype, device: b.student.device });
     o.grad = given;
   }
-  let r: { loss: kd.Tensor; grad?: kd.Tensor; hard?: kd.Tensor; soft?: kd.Tensor; total?: kd.Tensor };
+  let r: OpOut;
   if (c.hardWeight !== undefined) {
     r = kd.distillationLoss(b.student, b.teacher, b.labels!, {
       ...o,
@@ -194,13 +220,7 @@ export function runNative(c: DivCase, b: Built): RunOut {
   }
   if (c.grad === 'inplace' && r.grad !== b.student) throw new Error("grad 'inplace' did not return the student tensor");
   if (c.grad === 'given' && r.grad !== given) throw new Error("grad given did not return the given tensor");
-  return {
-    loss: c.reduction === 'none' ? r.loss.toFloat32Array() : r.loss.item(),
-    grad: r.grad?.toFloat32Array(),
-    hard: r.hard?.toFloat32Array(),
-    soft: r.soft?.toFloat32Array(),
-    total: r.total?.toFloat32Array(),
-  };
+  return r;
 }
 
 export function runReference(c: DivCase, b: Built) {
@@ -273,7 +293,17 @@ export function gradMagnitude(c: DivCase, b: Built): Float64Array {
 /** Runs native and reference; returns a list of failure messages (empty = pass). */
 export function check(c: DivCase, device: kd.Device = 'cpu'): string[] {
   const b = build(c, device);
-  const out = runNative(c, b);
+  return compareWithReference(c, b, runNative(c, b));
+}
+
+/** check() with asynchronous reads: any device, WebGPU included. */
+export async function checkAsync(c: DivCase, device: kd.Device): Promise<string[]> {
+  const b = build(c, device);
+  return compareWithReference(c, b, await runNativeAsync(c, b));
+}
+
+/** Compares a run's outputs with the float64 reference; disposes the inputs. */
+export function compareWithReference(c: DivCase, b: Built, out: RunOut): string[] {
   const ref = runReference(c, b);
   const T = c.temperature ?? 1;
   const errs: string[] = [];

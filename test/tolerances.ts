@@ -71,3 +71,16 @@ export function maxAbsFinite(a: ArrayLike<number>): number {
 export const TOPK_LOGPROB_TOL = { atol: 1e-5, rtol: 1e-6 };
 export const TOPK_OUT_ROUNDING: Record<FloatDType, number> = { f32: 0, f16: 2 ** -11, bf16: 2 ** -8 };
 export const TOPK_TAIL_TOL = { atol: 0, rtol: 1e-5 };
+
+/**
+ * sparseKlDiv (the bounds of test/sparse_kl_div.test.ts, shared with the WebGPU tests).
+ * Losses: the student's S (an f32 sum, ~1e-6 relative at V = 151936) enters every
+ * log q; per-token losses 4e-6 absolute per unit of weight (T² × token weight) + 2e-5
+ * relative. Gradients: coef·q_j (1e-5 relative, ~40× the f32 rounding); at the ids
+ * coef·(A q − corr) may cancel, leaving ~1e-6 of its terms: 4e-6 × the largest reference
+ * gradient of the case; a 16-bit gradient adds its unit roundoff.
+ */
+export const SPARSE_LOSS_ATOL_PER_WEIGHT = 4e-6;
+export const SPARSE_LOSS_RTOL = 2e-5;
+export const SPARSE_GRAD_RTOL = 1e-5;
+export const SPARSE_GRAD_ATOL_REL_MAX = 4e-6;

@@ -6,6 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import * as kd from '../lib/index.js';
+import { _setBindingLimit } from '../lib/webgpu/runtime.js';
 import { tokenStatsWebgpu } from '../lib/webgpu/token_stats.js';
 import { compareArrays, decodeDtype, encodeDtype, logSoftmax, mulberry32, randomLogits, type FloatDType } from './reference/common.js';
 import { refTokenStats } from './reference/distillation.js';
@@ -128,6 +129,16 @@ describe.skipIf(!GPU)(`tokenStats on WebGPU vs the float64 reference and the CPU
     const lp = (await bad.studentLogProb!.toArrayAsync()) as Float32Array;
     expect(Number.isFinite(lp[0]!) && Number.isNaN(lp[1]!)).toBe(true);
     expect(Array.from((await bad.teacherRank!.toArrayAsync()) as Int32Array)).toEqual([0, -1]);
+  });
+
+  it('row chunks (bindings capped at 64 KiB) match the reference and the CPU', async () => {
+    _setBindingLimit(64 * 1024);
+    try {
+      const errs = await run({ n: 41, v: 1271, dtype: 'f32', sampled: true, vt: 1300, T: 1.5 });
+      if (errs.length) throw new Error(errs.join('\n'));
+    } finally {
+      _setBindingLimit(undefined);
+    }
   });
 
   it('rank counts strictly greater teacher values (ties do not count)', async () => {

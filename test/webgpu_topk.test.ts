@@ -7,6 +7,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import * as kd from '../lib/index.js';
+import { _setBindingLimit } from '../lib/webgpu/runtime.js';
 import { topkWebgpu } from '../lib/webgpu/topk.js';
 import { compareArrays, decodeDtype, encodeDtype, mulberry32, randomLogits, roundToDtype, type FloatDType } from './reference/common.js';
 import { refTopk } from './reference/sparse.js';
@@ -206,6 +207,21 @@ describe.skipIf(!GPU)(`topk on WebGPU vs the float64 reference and the CPU ${GPU
       const e = errorOf(fn);
       expect([e.name, e.code], e.message).toEqual([cls, code]);
       expect(e.message).toMatch(msg);
+    }
+  });
+
+  it('row chunks (bindings capped at 64 KiB: 5 dispatches) give the same bits as one dispatch', async () => {
+    const c: Case = { n: 41, v: 1271, k: 17, dtype: 'f32', data: randomLogits(41, 1271, { seed: 45, scale: 2 }), output: 'logprobs', ld: 1280 };
+    const whole = await runGpu(c);
+    _setBindingLimit(64 * 1024);
+    try {
+      const chunked = await runGpu(c);
+      expect(Array.from(chunked.ids)).toEqual(Array.from(whole.ids));
+      expect(Array.from(chunked.vals)).toEqual(Array.from(whole.vals));
+      expect(Array.from(chunked.tl)).toEqual(Array.from(whole.tl));
+      await check({ ...c, valuesDtype: 'input', dtype: 'bf16' });
+    } finally {
+      _setBindingLimit(undefined);
     }
   });
 

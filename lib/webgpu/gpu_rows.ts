@@ -16,7 +16,7 @@ import type { OpArgs, TensorDesc } from '../../binding.js';
 import { KdError, KdRangeError } from '../errors.js';
 import type { GpuMem } from '../tensor.js';
 import { bindRange, gpuOf } from './divergence.js';
-import type { Binding } from './runtime.js';
+import { bindingLimit, type Binding } from './runtime.js';
 import type { WgslDType } from './wgsl/common.wgsl.js';
 
 /** [n, v] logits with row stride ld, starting at element `offset` of `buffer`. */
@@ -61,7 +61,7 @@ export function checkRows(op: string, name: string, r: GpuRows): void {
 
 /** Rows per dispatch so that every row-strided binding (bytes per row) fits the device limit. */
 export function rowsPerChunk(device: GPUDevice, n: number, rowBytes: number[]): number {
-  const limit = device.limits.maxStorageBufferBindingSize - device.limits.minStorageBufferOffsetAlignment - 8;
+  const limit = bindingLimit(device) - device.limits.minStorageBufferOffsetAlignment - 8;
   let rows = Math.max(n, 1);
   for (const rb of rowBytes) if (rb > 0) rows = Math.min(rows, Math.floor(limit / rb));
   if (rows < 1) throw new KdError(`WebGPU: one row (${Math.max(...rowBytes)} bytes) exceeds maxStorageBufferBindingSize of this device`, 'KD_ENOMEM');
