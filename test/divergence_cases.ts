@@ -273,11 +273,18 @@ export function gradMagnitude(c: DivCase, b: Built): Float64Array {
     const q = softmax(z, T);
     const p = c.teacherKind === 'logprobs' && T === 1 ? Float64Array.from(t, Math.exp) : softmax(t, T);
     const q0 = hw ? softmax(z, 1) : undefined;
+    // tvd's subgradient h = ½ sign(q − p) jumps by up to 1 where q and p tie to within
+    // rounding; there either side is correct. g_j = s·q_j·(h_j − Σ_k q_k h_k)/T, so a tie
+    // at k moves g_k by up to s·q_k/T and every other g_j, through the row sum, by up to
+    // s·q_j·q_k/T (e.g. q_k = 1 − 8e-13 against p_k = 1: equal in f32, so h_k = 0 there
+    // and −½ in float64, which halves a g_j of 1e-13). Allowed (÷ k, see gradTol).
+    const tied = (j: number) => c.divergence === 'tvd' && Math.abs(q[j]! - p[j]!) <= 1e-5 * (q[j]! + p[j]!);
+    let tiedMass = 0;
+    for (let j = 0; j < c.v; j++) if (tied(j)) tiedMass += q[j]!;
     for (let j = 0; j < c.v; j++) {
       let m = (sw * s * (q[j]! + p[j]!)) / T;
-      // tvd's subgradient h = ½ sign(q − p) jumps by up to 1 where q and p tie to within
-      // rounding; there either side is correct: allow c·s·q_j/T (÷ k, see gradTol).
-      if (c.divergence === 'tvd' && Math.abs(q[j]! - p[j]!) <= 1e-5 * (q[j]! + p[j]!)) m += (sw * s * q[j]!) / (T * 64 * 2 ** -24);
+      if (tied(j)) m += (sw * s * q[j]!) / (T * 64 * 2 ** -24);
+      if (tiedMass > 0) m += (sw * s * q[j]! * tiedMass) / (T * 64 * 2 ** -24);
       if (q0) m += hw * (q0[j]! + (b.labels![i] === j ? 1 : 0) + (c.labelSmoothing ?? 0) / c.v);
       // Floor: gradient elements under ~1e-24 of the row's gradient scale f/T are f32
       // rounding noise of terms 20+ orders of magnitude larger (and below anything an
