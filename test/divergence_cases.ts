@@ -339,3 +339,15 @@ export function compareWithReference(c: DivCase, b: Built, out: RunOut): string[
   b.teacher.dispose();
   return errs;
 }
+
+/** The divergences (with the β / skew endpoints) that the CUDA, WebGPU and distillationLoss tests run. */
+export const DIVERGENCE_TABLE: readonly { divergence: Divergence; beta?: number; skew?: number }[] = [
+  { divergence: 'forward-kl' },
+  { divergence: 'reverse-kl' },
+  { divergence: 'jsd', beta: 0.5 },
+  { divergence: 'jsd', beta: 0 },
+  { divergence: 'jsd', beta: 1 },
+  { divergence: 'tvd' },
+  { divergence: 'skew-forward-kl', skew: 0.1 },
+  { divergence: 'skew-reverse-kl', skew: 0.3 },
+];

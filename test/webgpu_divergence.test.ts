@@ -9,24 +9,14 @@
  */
 import { describe, expect, it } from 'vitest';
 import * as kd from '../lib/index.js';
-import { build, caseName, checkAsync, gradMagnitude, lossOptions, runNative, runNativeAsync, type DivCase } from './divergence_cases.js';
+import { DIVERGENCE_TABLE, build, caseName, checkAsync, gradMagnitude, lossOptions, runNative, runNativeAsync, type DivCase } from './divergence_cases.js';
 import { gradTol, lossTol } from './tolerances.js';
 import { errorOf } from './helpers.js';
 import { compareArrays, type FloatDType } from './reference/common.js';
-import type { Divergence } from './reference/divergences.js';
 import { GPU, GPU_SKIP_REASON } from './webgpu_rows.js';
 import { USAGE, _setBindingLimit, gpuObject } from '../lib/webgpu/runtime.js';
 
-const DIVS: { divergence: Divergence; beta?: number; skew?: number }[] = [
-  { divergence: 'forward-kl' },
-  { divergence: 'reverse-kl' },
-  { divergence: 'jsd', beta: 0.5 },
-  { divergence: 'jsd', beta: 0 },
-  { divergence: 'jsd', beta: 1 },
-  { divergence: 'tvd' },
-  { divergence: 'skew-forward-kl', skew: 0.1 },
-  { divergence: 'skew-reverse-kl', skew: 0.3 },
-];
+const DIVS = DIVERGENCE_TABLE;
 const SCENARIOS: Partial<DivCase>[] = [
   {},
   { temperature: 2, labels: 'some-ignored', reduction: 'sum' },
