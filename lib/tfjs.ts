@@ -39,13 +39,13 @@
  * 'kd-kernels' entry point does not.
  */
 import * as tf from '@tensorflow/tfjs';
-import { DIVERGENCES, type DivergenceName, type Reduction } from './divergence.js';
+import type { DivergenceName, Reduction } from './divergence.js';
 import { KdError, KdRangeError, KdTypeError, describe } from './errors.js';
 import {
-  distillationLoss, isTensor, jsd, klDiv, skewKl, sparseKlDiv, tensor, tvd,
+  isTensor, sparseKlDiv, tensor,
   type SparseTail, type SparseTeacher, type Tensor,
 } from './index.js';
-import { expectOneOf, expectOptions } from './validate.js';
+import { checkNullTeacher, kdLossCall, planKdLoss, planSparseKdLoss, sparseCommon } from './tfjs_options.js';
 import { kdLossWebGPU, onTfWebGPU, sparseKdLossWebGPU } from './tfjs_webgpu.js'; // webgpu backend: lib/tfjs_webgpu.ts
 
 /** A per-token side input: a tf tensor or the typed array the library takes. */
@@ -90,10 +90,6 @@ export interface KdLossOptions {
   labelSmoothing?: number;
 }
 
-const KD_LOSS_KEYS = [
-  'divergence', 'beta', 'skew', 'temperature', 'scaleByTemperatureSquared', 'teacher', 'labels', 'ignoreIndex',
-  'mask', 'weights', 'reduction', 'normalizer', 'hardWeight', 'softWeight', 'labelSmoothing',
-] as const;
 
 /** Options of sparseKdLoss: those of kd.sparseKlDiv that make sense for a tf scalar. */
 export interface SparseKdLossOptions {
@@ -111,9 +107,6 @@ export interface SparseKdLossOptions {
   checkIds?: boolean;
 }
 
-const SPARSE_KEYS = [
-  'tail', 'temperature', 'scaleByTemperatureSquared', 'labels', 'ignoreIndex', 'mask', 'weights', 'reduction', 'normalizer', 'checkIds',
-] as const;
 
 /**
  * A sparse teacher whose slots are kd tensors (what topk, sampleTeacher and
@@ -309,22 +302,12 @@ export function _gradBufferCount(): number {
 export function kdLoss(studentLogits: tf.Tensor, teacherLogits: tf.Tensor | Tensor | null, options?: KdLossOptions): tf.Scalar {
   if (onTfWebGPU()) return kdLossWebGPU(studentLogits, teacherLogits, options); // on tf's GPUDevice, no download
   const op = 'kdLoss';
-  const o = expectOptions(`${op} options`, options, KD_LOSS_KEYS);
-  const divergence = o.divergence === undefined ? 'forward-kl' : expectOneOf('divergence', o.divergence, DIVERGENCES);
-  if (o.reduction !== undefined) expectOneOf('reduction', o.reduction, ['sum', 'mean', 'batchmean'] as const);
-  const distill = o.hardWeight !== undefined || o.softWeight !== undefined || o.labelSmoothing !== undefined;
-  if (!distill) {
-    for (const k of ['beta', 'skew'] as const) {
-      const uses = k === 'beta' ? divergence === 'jsd' : divergence.startsWith('skew');
-      if (o[k] !== undefined && !uses) throw new KdTypeError(`${op}: option '${k}' does not apply to divergence '${divergence}'`);
-    }
-  }
+  const plan = planKdLoss(op, options);
   const s = studentData(op, studentLogits);
   const student = (): Tensor => tensor(s.data, s.shape);
   let teacher: () => Tensor;
+  checkNullTeacher(op, plan, teacherLogits);
   if (teacherLogits === null) {
-    if (!(distill && o.softWeight === 0))
-      throw new KdTypeError(`${op}: teacherLogits is null, which is only allowed for plain cross-entropy ({ hardWeight, softWeight: 0, labels })`);
     teacher = student; // not read by the kernel when softWeight is 0
   } else if (teacherLogits instanceof tf.Tensor) {
     if (teacherLogits.isDisposed) throw new KdError(`${op}: teacherLogits was disposed`, 'KD_EDISPOSED');
@@ -336,53 +319,11 @@ export function kdLoss(studentLogits: tf.Tensor, teacherLogits: tf.Tensor | Tens
   } else {
     throw new KdTypeError(`${op}: expected a tf.Tensor, a kd Tensor or null for teacherLogits but received ${describe(teacherLogits)}`);
   }
-  const labels = side(op, 'labels', o.labels, 'i32');
-  const common: Record<string, unknown> = {
-    temperature: o.temperature,
-    scaleByTemperatureSquared: o.scaleByTemperatureSquared,
-    teacher: o.teacher,
-    ignoreIndex: o.ignoreIndex,
-    mask: side(op, 'mask', o.mask, 'u8'),
-    weights: side(op, 'weights', o.weights, 'f32'),
-    reduction: o.reduction,
-    normalizer: o.normalizer,
-    gradDtype: 'f32',
-  };
-  for (const k of Object.keys(common)) if (common[k] === undefined) delete common[k];
-
-  let call: (opts: Record<string, unknown>) => { loss: Tensor; grad?: Tensor };
-  if (distill) {
-    if (labels === undefined) throw new KdTypeError(`${op}: hardWeight / softWeight / labelSmoothing make this distillationLoss, which needs labels`);
-    const extra = { divergence, beta: o.beta, skew: o.skew, hardWeight: o.hardWeight, softWeight: o.softWeight, labelSmoothing: o.labelSmoothing } as Record<string, unknown>;
-    for (const k of Object.keys(extra)) if (extra[k] === undefined) delete extra[k];
-    call = (opts) => {
-      const r = distillationLoss(student(), teacher(), labels as Int32Array, { ...common, ...extra, ...opts });
-      r.hard.dispose();
-      r.soft.dispose();
-      r.total.dispose();
-      return r;
-    };
-  } else {
-    if (labels !== undefined) common.labels = labels;
-    switch (divergence) {
-      case 'forward-kl':
-      case 'reverse-kl': {
-        const direction = divergence === 'forward-kl' ? 'forward' : 'reverse';
-        call = (opts) => klDiv(student(), teacher(), { ...common, direction, ...opts });
-        break;
-      }
-      case 'jsd':
-        call = (opts) => jsd(student(), teacher(), { ...common, ...(o.beta !== undefined ? { beta: o.beta as number } : {}), ...opts });
-        break;
-      case 'tvd':
-        call = (opts) => tvd(student(), teacher(), { ...common, ...opts });
-        break;
-      default: {
-        const direction = divergence === 'skew-forward-kl' ? 'forward' : 'reverse';
-        call = (opts) => skewKl(student(), teacher(), { ...common, direction, ...(o.skew !== undefined ? { skew: o.skew as number } : {}), ...opts });
-      }
-    }
-  }
+  const o = plan.o;
+  const labels = side(op, 'labels', o.labels, 'i32') as Int32Array | undefined;
+  const mask = side(op, 'mask', o.mask, 'u8') as Uint8Array | undefined;
+  const weights = side(op, 'weights', o.weights, 'f32') as Float32Array | undefined;
+  const call = kdLossCall(op, plan, student, teacher, { labels, mask, weights });
   const run: Run = (grad, gradScale) => call({ grad, gradScale });
   return fused(studentLogits, run);
 }
@@ -395,9 +336,7 @@ export function kdLoss(studentLogits: tf.Tensor, teacherLogits: tf.Tensor | Tens
 export function sparseKdLoss(studentLogits: tf.Tensor, sparseTeacher: TfSparseTeacher | SparseTeacher, options: SparseKdLossOptions): tf.Scalar {
   if (onTfWebGPU()) return sparseKdLossWebGPU(studentLogits, sparseTeacher, options); // on tf's GPUDevice, no download
   const op = 'sparseKdLoss';
-  if (options === undefined) throw new KdTypeError(`${op}: options with a tail mode are required, e.g. { tail: 'bucket' }`);
-  const o = expectOptions(`${op} options`, options, SPARSE_KEYS);
-  if (o.reduction !== undefined) expectOneOf('reduction', o.reduction, ['sum', 'mean', 'batchmean'] as const);
+  const o = planSparseKdLoss(op, options);
   const s = studentData(op, studentLogits);
   if (sparseTeacher === null || typeof sparseTeacher !== 'object' || sparseTeacher instanceof tf.Tensor || isTensor(sparseTeacher))
     throw new KdTypeError(`${op}: expected a sparse teacher { indices, values?, tailLogProb?, weights? } but received ${describe(sparseTeacher)}`);
@@ -407,20 +346,7 @@ export function sparseKdLoss(studentLogits: tf.Tensor, sparseTeacher: TfSparseTe
     const t = sparseSlot(op, key, st[key]);
     if (t) teacher[key] = t;
   }
-  const common: Record<string, unknown> = {
-    tail: o.tail,
-    temperature: o.temperature,
-    scaleByTemperatureSquared: o.scaleByTemperatureSquared,
-    labels: side(op, 'labels', o.labels, 'i32'),
-    ignoreIndex: o.ignoreIndex,
-    mask: side(op, 'mask', o.mask, 'u8'),
-    weights: side(op, 'weights', o.weights, 'f32'),
-    reduction: o.reduction,
-    normalizer: o.normalizer,
-    checkIds: o.checkIds,
-    gradDtype: 'f32',
-  };
-  for (const k of Object.keys(common)) if (common[k] === undefined) delete common[k];
+  const common = sparseCommon(o, { labels: side(op, 'labels', o.labels, 'i32'), mask: side(op, 'mask', o.mask, 'u8'), weights: side(op, 'weights', o.weights, 'f32') });
   const run: Run = (grad, gradScale) =>
     sparseKlDiv(tensor(s.data, s.shape), teacher as unknown as SparseTeacher, { ...(common as unknown as { tail: SparseTail }), grad, gradScale });
   return fused(studentLogits, run);

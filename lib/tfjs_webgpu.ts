@@ -20,11 +20,10 @@
  *    (ignoreIndex), to keep that off the host too.
  */
 import * as tf from '@tensorflow/tfjs';
-import { DIVERGENCES } from './divergence.js';
 import { KdError, KdRangeError, KdTypeError, describe } from './errors.js';
-import { distillationLoss, isTensor, jsd, klDiv, skewKl, sparseKlDiv, tvd, type SparseTail, type SparseTeacher, type Tensor } from './index.js';
+import { isTensor, sparseKlDiv, type SparseTail, type SparseTeacher, type Tensor } from './index.js';
 import { tensor } from './tensor.js';
-import { expectOneOf, expectOptions } from './validate.js';
+import { checkNullTeacher, kdLossCall, planKdLoss, planSparseKdLoss, sparseCommon, type LossCall } from './tfjs_options.js';
 import { currentDevice, deferErrors, setDevice } from './webgpu/runtime.js';
 import { fromGPUBuffer } from './webgpu/tensor.js';
 import type { KdLossOptions, SparseKdLossOptions, TfSparseTeacher } from './tfjs.js';
@@ -96,7 +95,7 @@ function fromFlat(t: Tensor): Tensor {
   return fromGPUBuffer(t.gpuBuffer, [t.numel], { dtype: t.dtype, byteOffset: t.gpuByteOffset });
 }
 
-type Call = (opts: Record<string, unknown>) => { loss: Tensor; grad?: Tensor };
+type Call = LossCall;
 
 /** The loss and the fused gradient, handed to tf as GPU tensors (see the header). */
 function fusedGpu(student: tf.Tensor, call: Call, refs: tf.Tensor[], taping: boolean): tf.Scalar {
@@ -135,29 +134,14 @@ function taping(): boolean {
   return state?.gradientDepth === undefined ? true : state.gradientDepth > 0;
 }
 
-const KD_LOSS_KEYS = [
-  'divergence', 'beta', 'skew', 'temperature', 'scaleByTemperatureSquared', 'teacher', 'labels', 'ignoreIndex',
-  'mask', 'weights', 'reduction', 'normalizer', 'hardWeight', 'softWeight', 'labelSmoothing',
-] as const;
-
-/** kdLoss on the webgpu backend (the same options and errors as lib/tfjs.ts kdLoss). */
+/** kdLoss on the webgpu backend (the same options and errors as lib/tfjs.ts kdLoss: lib/tfjs_options.ts). */
 export function kdLossWebGPU(studentLogits: tf.Tensor, teacherLogits: tf.Tensor | Tensor | null, options?: KdLossOptions): tf.Scalar {
   const op = 'kdLoss';
-  const o = expectOptions(`${op} options`, options, KD_LOSS_KEYS);
-  const divergence = o.divergence === undefined ? 'forward-kl' : expectOneOf('divergence', o.divergence, DIVERGENCES);
-  if (o.reduction !== undefined) expectOneOf('reduction', o.reduction, ['sum', 'mean', 'batchmean'] as const);
-  const distill = o.hardWeight !== undefined || o.softWeight !== undefined || o.labelSmoothing !== undefined;
-  if (!distill) {
-    for (const k of ['beta', 'skew'] as const) {
-      const uses = k === 'beta' ? divergence === 'jsd' : divergence.startsWith('skew');
-      if (o[k] !== undefined && !uses) throw new KdTypeError(`${op}: option '${k}' does not apply to divergence '${divergence}'`);
-    }
-  }
-  if (teacherLogits === null && !(distill && o.softWeight === 0))
-    throw new KdTypeError(`${op}: teacherLogits is null, which is only allowed for plain cross-entropy ({ hardWeight, softWeight: 0, labels })`);
+  const plan = planKdLoss(op, options);
+  checkNullTeacher(op, plan, teacherLogits);
   if (teacherLogits !== null && !(teacherLogits instanceof tf.Tensor) && !isTensor(teacherLogits))
     throw new KdTypeError(`${op}: expected a tf.Tensor, a kd Tensor or null for teacherLogits but received ${describe(teacherLogits)}`);
-  if (distill && o.labels === undefined) throw new KdTypeError(`${op}: hardWeight / softWeight / labelSmoothing make this distillationLoss, which needs labels`);
+  if (plan.distill && plan.o.labels === undefined) throw new KdTypeError(`${op}: hardWeight / softWeight / labelSmoothing make this distillationLoss, which needs labels`); // before any GPU copy
   tfDevice(op);
   const tape = taping();
   const refs: tf.Tensor[] = [];
@@ -167,47 +151,11 @@ export function kdLossWebGPU(studentLogits: tf.Tensor, teacherLogits: tf.Tensor 
     if (teacherLogits === null) teacher = student; // not read when softWeight is 0
     else if (teacherLogits instanceof tf.Tensor) teacher = gpuTensor(op, 'teacherLogits', teacherLogits, refs, 'f32');
     else teacher = teacherLogits.device === 'webgpu' ? teacherLogits : teacherLogits.to('webgpu');
+    const o = plan.o;
     const labels = sideOf(op, 'labels', o.labels, 'i32', refs);
-    const common: Record<string, unknown> = {
-      temperature: o.temperature,
-      scaleByTemperatureSquared: o.scaleByTemperatureSquared,
-      teacher: o.teacher,
-      ignoreIndex: o.ignoreIndex,
-      mask: sideOf(op, 'mask', o.mask, 'u8', refs),
-      weights: sideOf(op, 'weights', o.weights, 'f32', refs),
-      reduction: o.reduction,
-      normalizer: o.normalizer,
-      gradDtype: 'f32',
-    };
-    for (const k of Object.keys(common)) if (common[k] === undefined) delete common[k];
-    let call: Call;
-    if (distill) {
-      const extra = { divergence, beta: o.beta, skew: o.skew, hardWeight: o.hardWeight, softWeight: o.softWeight, labelSmoothing: o.labelSmoothing } as Record<string, unknown>;
-      for (const k of Object.keys(extra)) if (extra[k] === undefined) delete extra[k];
-      call = (opts) => {
-        const r = distillationLoss(student, teacher, labels as Tensor, { ...common, ...extra, ...opts });
-        r.hard.dispose();
-        r.soft.dispose();
-        r.total.dispose();
-        return r;
-      };
-    } else {
-      if (labels !== undefined) common.labels = labels;
-      switch (divergence) {
-        case 'forward-kl':
-        case 'reverse-kl':
-          call = (opts) => klDiv(student, teacher, { ...common, direction: divergence === 'forward-kl' ? 'forward' : 'reverse', ...opts });
-          break;
-        case 'jsd':
-          call = (opts) => jsd(student, teacher, { ...common, ...(o.beta !== undefined ? { beta: o.beta as number } : {}), ...opts });
-          break;
-        case 'tvd':
-          call = (opts) => tvd(student, teacher, { ...common, ...opts });
-          break;
-        default:
-          call = (opts) => skewKl(student, teacher, { ...common, direction: divergence === 'skew-forward-kl' ? 'forward' : 'reverse', ...(o.skew !== undefined ? { skew: o.skew as number } : {}), ...opts });
-      }
-    }
+    const mask = sideOf(op, 'mask', o.mask, 'u8', refs);
+    const weights = sideOf(op, 'weights', o.weights, 'f32', refs);
+    const call = kdLossCall(op, plan, () => student, () => teacher, { labels, mask, weights });
     return fusedGpu(studentLogits, call, refs, tape);
   } catch (e) {
     for (const t of refs) if (!t.isDisposed) t.dispose();
@@ -218,9 +166,7 @@ export function kdLossWebGPU(studentLogits: tf.Tensor, teacherLogits: tf.Tensor 
 /** sparseKdLoss on the webgpu backend (needs sparseKlDiv on WebGPU: lib/webgpu/sparse_kl_div.ts). */
 export function sparseKdLossWebGPU(studentLogits: tf.Tensor, sparseTeacher: TfSparseTeacher | SparseTeacher, options: SparseKdLossOptions): tf.Scalar {
   const op = 'sparseKdLoss';
-  if (options === undefined) throw new KdTypeError(`${op}: options with a tail mode are required, e.g. { tail: 'bucket' }`);
-  const o = expectOptions(`${op} options`, options, ['tail', 'temperature', 'scaleByTemperatureSquared', 'labels', 'ignoreIndex', 'mask', 'weights', 'reduction', 'normalizer', 'checkIds']);
-  if (o.reduction !== undefined) expectOneOf('reduction', o.reduction, ['sum', 'mean', 'batchmean'] as const);
+  const o = planSparseKdLoss(op, options);
   if (sparseTeacher === null || typeof sparseTeacher !== 'object' || sparseTeacher instanceof tf.Tensor || isTensor(sparseTeacher))
     throw new KdTypeError(`${op}: expected a sparse teacher { indices, values?, tailLogProb?, weights? } but received ${describe(sparseTeacher)}`);
   tfDevice(op);
@@ -237,20 +183,7 @@ export function sparseKdLossWebGPU(studentLogits: tf.Tensor, sparseTeacher: TfSp
       else if (isTensor(x)) teacher[key] = x.device === 'webgpu' ? x : x.to('webgpu');
       else throw new KdTypeError(`${op}: expected a kd Tensor or tf.Tensor for sparseTeacher.${key} but received ${describe(x)}`);
     }
-    const common: Record<string, unknown> = {
-      tail: o.tail,
-      temperature: o.temperature,
-      scaleByTemperatureSquared: o.scaleByTemperatureSquared,
-      labels: sideOf(op, 'labels', o.labels, 'i32', refs),
-      ignoreIndex: o.ignoreIndex,
-      mask: sideOf(op, 'mask', o.mask, 'u8', refs),
-      weights: sideOf(op, 'weights', o.weights, 'f32', refs),
-      reduction: o.reduction,
-      normalizer: o.normalizer,
-      checkIds: o.checkIds,
-      gradDtype: 'f32',
-    };
-    for (const k of Object.keys(common)) if (common[k] === undefined) delete common[k];
+    const common = sparseCommon(o, { labels: sideOf(op, 'labels', o.labels, 'i32', refs), mask: sideOf(op, 'mask', o.mask, 'u8', refs), weights: sideOf(op, 'weights', o.weights, 'f32', refs) });
     const call: Call = (opts) => sparseKlDiv(student, teacher as unknown as SparseTeacher, { ...(common as unknown as { tail: SparseTail }), ...opts });
     return fusedGpu(studentLogits, call, refs, tape);
   } catch (e) {
