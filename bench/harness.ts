@@ -501,6 +501,12 @@ export interface CaseResult {
   speedups: Partial<Record<ContenderName, { speedup: number; N: number; V: number }>>;
   /** The 1-minute load average when the case finished (other work on the machine). */
   load1: number;
+  /**
+   * The host output pool (kd.memory().cpu) over the timed calls: allocations served from
+   * an idle block, fresh ones (new memory: page faults), and over the cap (plain zero-
+   * filled ArrayBuffers). A default-call case at steady state should show fresh = overCap = 0.
+   */
+  pool?: { reused: number; fresh: number; overCap: number };
 }
 
 export interface MachineInfo {

@@ -497,7 +497,9 @@ for (const [gi, g] of groups.entries()) {
       const total = bytes.read + bytes.written;
       const tri = triadFor(d, total);
       const before = triadSamples(`triad ${what}`, tri.run, baseBudget);
+      const pool0 = kd.memory().cpu;
       const stats = measure(what, oc.run, baseBudget, first.ms);
+      const pool1 = kd.memory().cpu;
       const after = triadSamples(`triad ${what}`, tri.run, baseBudget);
       const floor = floorStats(tri.bytes, before, after);
       const gbps = total / (stats.median * 1e6);
@@ -518,6 +520,7 @@ for (const [gi, g] of groups.entries()) {
         fractionOfFloor: gbps / floor.gbps,
         speedups: {},
         load1: +os.loadavg()[0]!.toFixed(2),
+        pool: { reused: pool1.reused - pool0.reused, fresh: pool1.fresh - pool0.fresh, overCap: pool1.overCap - pool0.overCap },
       });
     } catch (e) {
       errors.push(`${what}: ${errMsg(e)}`);

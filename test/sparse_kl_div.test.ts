@@ -9,22 +9,14 @@ import * as kd from '../lib/index.js';
 import { CUDA, CUDA_SKIP_REASON, errorOf } from './helpers.js';
 import { compareArrays, decodeDtype, encodeDtype, logSoftmax, randomLogits, roundToDtype, type FloatDType, type Reduction } from './reference/common.js';
 import { refSparseKl, type SparseTail } from './reference/sparse.js';
+import { SPARSE_GRAD_ATOL_REL_MAX, SPARSE_GRAD_RTOL, SPARSE_LOSS_ATOL_PER_WEIGHT, SPARSE_LOSS_RTOL, TOPK_OUT_ROUNDING } from './tolerances.js';
 
-// ---- tolerances (defined once) ---------------------------------------------------------
-// Losses. The slot math (teacher softmax, log q at the ids, the sums over k slots) runs
-// in double; the only f32 parts are the student's S = sum e^{(z - m)/T} (fixed lanes,
-// relative error ~1e-6 at V = 151936, i.e. ~1e-6 absolute in every log q) and the f32
-// per-token totals. Per-token losses (reduction 'none'): 4e-6 absolute per unit of
-// weight (T^2 x token weight), + 2e-5 relative; reduced losses: + 2e-5 relative.
-const LOSS_ATOL_PER_WEIGHT = 4e-6;
-const LOSS_RTOL = 2e-5;
-// Gradients: coef * q_j with q_j = e_j * c_b (two f32 roundings + the exp: ~4 ulp, 1e-5
-// relative is a 40x margin); at the ids coef * (A q - corr) may cancel, leaving an
-// absolute error ~1e-6 of its terms, bounded by 4e-6 x the largest reference gradient
-// of the case. Gradients stored as bf16 / f16 add their unit roundoff (2^-8, 2^-11).
-const GRAD_RTOL = 1e-5;
-const GRAD_ATOL_REL_MAX = 4e-6;
-const OUT_ROUNDING: Record<FloatDType, number> = { f32: 0, f16: 2 ** -11, bf16: 2 ** -8 };
+// ---- tolerances: test/tolerances.ts (SPARSE_*, justified there; shared with the WebGPU tests)
+const LOSS_ATOL_PER_WEIGHT = SPARSE_LOSS_ATOL_PER_WEIGHT;
+const LOSS_RTOL = SPARSE_LOSS_RTOL;
+const GRAD_RTOL = SPARSE_GRAD_RTOL;
+const GRAD_ATOL_REL_MAX = SPARSE_GRAD_ATOL_REL_MAX;
+const OUT_ROUNDING = TOPK_OUT_ROUNDING; // a 16-bit output's unit roundoff (2^-8 bf16, 2^-11 f16)
 // Statistical checks: |z| < 5 per gradient element (z from the empirical standard error
 // of R >= 20000 i.i.d. rows: a t statistic with that many degrees of freedom is N(0,1)
 // to 3 digits). P(|z| >= 5) = 5.7e-7 per element; V = 30 elements per check, 2 checks:

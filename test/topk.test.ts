@@ -9,21 +9,12 @@ import { binding } from '../lib/native.js';
 import { CUDA, CUDA_SKIP_REASON, errorOf } from './helpers.js';
 import { compareArrays, decodeDtype, encodeDtype, mulberry32, randomLogits, roundToDtype, type FloatDType } from './reference/common.js';
 import { refTopk } from './reference/sparse.js';
+import { TOPK_LOGPROB_TOL, TOPK_OUT_ROUNDING, TOPK_TAIL_TOL } from './tolerances.js';
 
-// ---- tolerances (defined once) ---------------------------------------------------------
-// Ids and raw-logit values: exact. The order compares the dtype-rounded inputs themselves
-// (the reference sorts the same values), and a value is a copy of an input element.
-// Log-prob values: (x - m)/T - log S is formed in double from f32 inputs; only S (a sum
-// of f32 exponentials, relative error ~1e-6 for V = 151936: lanes + 2^-24 per term)
-// and the final f32 rounding (6e-8 relative) are inexact, so 1e-5 absolute + 1e-6
-// relative is a 10x margin; a bf16 / f16 output adds its rounding (unit roundoff 2^-8
-// and 2^-11 relative: 8 and 11 significant bits).
-const LOGPROB_TOL = { atol: 1e-5, rtol: 1e-6 };
-const OUT_ROUNDING: Record<FloatDType, number> = { f32: 0, f16: 2 ** -11, bf16: 2 ** -8 };
-// tailLogProb: the acceptance bound of the op (1e-5 relative to float64), also when the
-// tail mass is 1e-30: the tail is summed directly, so its relative error is that of an
-// f32 sum of exponentials (~1e-6), and -log1p(S_top/S_tail) adds no cancellation.
-const TAIL_TOL = { atol: 0, rtol: 1e-5 };
+// Tolerances: test/tolerances.ts (TOPK_*, justified there; shared with the WebGPU tests).
+const LOGPROB_TOL = TOPK_LOGPROB_TOL;
+const OUT_ROUNDING = TOPK_OUT_ROUNDING;
+const TAIL_TOL = TOPK_TAIL_TOL;
 
 const DTYPES: FloatDType[] = ['f32', 'f16', 'bf16'];
 
