@@ -618,58 +618,83 @@ for (const [gi, g] of groups.entries()) {
 progress.clear();
 
 // ---------------------------------------------------------------------------------
-// PyTorch on the CPU (optional): forward KL and JSD, f32, eager, fwd+bwd, on as many
-// threads as the library's "all", at the shapes those ops ran at (up to 32 M elements:
-// torch's temporaries are several [N, V] arrays). The python with torch: KD_TORCH_PYTHON,
-// else /usr/bin/python3 (Debian's python3-torch), else python3 on PATH.
+// PyTorch on the CPU (optional), eager, torch.set_num_threads(the library's "all"),
+// through bench/contenders/torch_bench.py --device cpu. Two runs of it, because their
+// shapes differ: forward KL and JSD (f32, fwd+bwd) at the shapes those ops ran at, up to
+// 32 M elements (torch's temporaries are several [N, V] arrays); and the ops with a
+// `torchCpu` contender (topk and its input orderings) at theirs. The python with torch:
+// KD_TORCH_PYTHON, else /usr/bin/python3 (Debian's python3-torch; a pyenv python3 may
+// come first on PATH without it), else python3 on PATH.
 // ---------------------------------------------------------------------------------
 
-const TORCH_CPU_OPS = ['forward-kl', 'jsd'];
-const TORCH_CPU_MAX_ELEMS = 32 * 2 ** 20;
-const cpuTorchShapes = [...new Set(groups
-  .filter((g) => g.device === 'cpu' && g.dtype === 'f32' && g.shape.N * g.shape.V <= TORCH_CPU_MAX_ELEMS)
-  .filter((g) => g.cases.some((c) => c.threads === allThreads && TORCH_CPU_OPS.includes(c.op.contenders?.torch ?? '') && libRan(g, c.op.name)))
-  .map((g) => `${g.shape.N}x${g.shape.V}`))];
-function libRan(g: Group, op: string): boolean {
-  return results.some((r) => r.op === op && r.device === g.device && r.dtype === g.dtype && r.N === g.shape.N && r.V === g.shape.V);
-}
-if (contenderKinds.has('torch') && cpuTorchShapes.length > 0) {
-  const candidates = [process.env.KD_TORCH_PYTHON, '/usr/bin/python3', 'python3'].filter((x): x is string => !!x);
+let torchPython: string | null | undefined; // undefined: not looked for yet; null: none
+function findTorchPython(): string | null {
+  if (torchPython !== undefined) return torchPython;
+  const candidates = [...new Set([process.env.KD_TORCH_PYTHON, '/usr/bin/python3', 'python3'].filter((x): x is string => !!x))];
   const why: string[] = [];
-  const py = candidates.find((c) => {
+  torchPython = candidates.find((c) => {
     const r = spawnSync(c, ['-c', 'import torch'], { encoding: 'utf8' });
     if (r.status === 0) return true;
     why.push(`${c}: ${(r.error?.message ?? r.stderr ?? '').trim().split('\n').pop()}`);
     return false;
-  });
-  if (!py) {
-    notes.push(`torch (CPU): skipped: no python3 with torch found (${why.join('; ')})`);
-  } else {
-    progress.update(stepsDone, totalSteps, 'torch CPU contender (eager)');
-    const r = spawnSync(
-      py,
-      [join(ROOT, 'bench/contenders/torch_bench.py'), '--device', 'cpu', '--no-compile', '--threads', String(allThreads), '--ops', TORCH_CPU_OPS.join(','),
-        '--shapes', cpuTorchShapes.join(','), '--dtypes', 'f32', '--seed', String(seed), ...(quick ? ['--quick'] : [])],
-      { encoding: 'utf8', maxBuffer: 64 << 20, timeout: 20 * 60_000 },
-    );
-    progress.clear();
-    for (const line of (r.stdout ?? '').split('\n')) {
-      if (!line.startsWith('{')) continue;
-      try {
-        const j = JSON.parse(line) as { contender?: ContenderName; op: string; N: number; V: number; ms: number[]; note?: string };
-        if (j.contender !== 'torch-eager' || !Array.isArray(j.ms) || j.ms.length === 0) {
-          if (j.note) notes.push(`torch (CPU): ${j.note}`);
-          continue;
-        }
-        const stats: Stats = statsOf(j.ms);
-        const el = j.N * j.V;
-        const bytes = 3 * el * 4;
-        contenders.push({ contender: j.contender, op: j.op, device: 'cpu', dtype: 'f32', N: j.N, V: j.V, elements: el, bytes, stats, elemsPerS: el / (stats.median / 1000), gbps: bytes / (stats.median * 1e6), threads: allThreads, note: `torch ${py}, ${allThreads} threads, own data, same distribution` });
-      } catch {
-        /* not ours */
+  }) ?? null;
+  if (!torchPython) notes.push(`torch (CPU): skipped: no python3 with torch found (${why.join('; ')})`);
+  return torchPython;
+}
+
+/** Runs torch_bench.py on the CPU for ops × shapes × dtypes and adds its timings to `contenders`. */
+function torchCpu(what: string, ops: string[], shapes: string[], dtypes: string[], timeoutMin: number): void {
+  const py = findTorchPython();
+  if (!py) return;
+  progress.update(stepsDone, totalSteps, `torch CPU contenders: ${what} (${py}, ${allThreads} threads)`);
+  const r = spawnSync(
+    py,
+    [join(ROOT, 'bench/contenders/torch_bench.py'), '--device', 'cpu', '--no-compile', '--threads', String(allThreads), '--ops', ops.join(','),
+      '--shapes', shapes.join(','), '--dtypes', dtypes.join(','), '--seed', String(seed), ...(quick ? ['--quick'] : [])],
+    { encoding: 'utf8', maxBuffer: 64 << 20, timeout: timeoutMin * 60_000 },
+  );
+  progress.clear();
+  for (const line of (r.stdout ?? '').split('\n')) {
+    if (!line.startsWith('{')) continue;
+    try {
+      const j = JSON.parse(line) as { contender?: ContenderName; op: string; N: number; V: number; dtype?: BenchDtype; ms: number[]; note?: string };
+      if (!j.contender || !Array.isArray(j.ms) || j.ms.length === 0) {
+        if (j.note) notes.push(`torch (CPU): ${j.note}`);
+        continue;
       }
+      if ((j.contender as string) === 'torch-triad') continue; // the floor is the library's own native triad
+      const dtype: BenchDtype = j.dtype ?? 'f32';
+      const stats: Stats = statsOf(j.ms);
+      const el = j.N * j.V;
+      const bytes = (j.op.startsWith('topk') ? 1 : 3) * el * (dtype === 'f32' ? 4 : 2); // topk reads one row; the losses three
+      contenders.push({ contender: j.contender, op: j.op, device: 'cpu', dtype, N: j.N, V: j.V, elements: el, bytes, stats, elemsPerS: el / (stats.median / 1000), gbps: bytes / (stats.median * 1e6), threads: allThreads, note: `torch ${py}, ${allThreads} threads, own data, same distribution` });
+    } catch {
+      /* not ours */
     }
-    if (r.status !== 0) notes.push(`torch (CPU): torch_bench.py exited with ${r.status ?? r.signal}: ${(r.stderr ?? '').trim().split('\n').slice(-3).join(' | ')}`);
+  }
+  if (r.status !== 0) notes.push(`torch (CPU): torch_bench.py (${what}) exited with ${r.status ?? r.signal}: ${(r.stderr ?? '').trim().split('\n').slice(-3).join(' | ')}`);
+}
+
+const TORCH_CPU_OPS = ['forward-kl', 'jsd'];
+const TORCH_CPU_MAX_ELEMS = 32 * 2 ** 20;
+function libRan(g: Group, op: string): boolean {
+  return results.some((r) => r.op === op && r.device === g.device && r.dtype === g.dtype && r.N === g.shape.N && r.V === g.shape.V);
+}
+if (contenderKinds.has('torch')) {
+  const lossShapes = [...new Set(groups
+    .filter((g) => g.device === 'cpu' && g.dtype === 'f32' && g.shape.N * g.shape.V <= TORCH_CPU_MAX_ELEMS)
+    .filter((g) => g.cases.some((c) => c.threads === allThreads && TORCH_CPU_OPS.includes(c.op.contenders?.torch ?? '') && libRan(g, c.op.name)))
+    .map((g) => `${g.shape.N}x${g.shape.V}`))];
+  if (lossShapes.length > 0) torchCpu('forward KL, JSD', TORCH_CPU_OPS, lossShapes, ['f32'], 20);
+  const cpuTorchGroups = groups.filter((g) => g.device === 'cpu' && g.cases.some((c) => c.op.contenders?.torchCpu));
+  if (cpuTorchGroups.length > 0) {
+    torchCpu(
+      'topk',
+      [...new Set(cpuTorchGroups.flatMap((g) => g.cases.map((c) => c.op.contenders?.torchCpu).filter((x): x is string => !!x)))],
+      [...new Set(cpuTorchGroups.map((g) => `${g.shape.N}x${g.shape.V}`))],
+      [...new Set(cpuTorchGroups.map((g) => g.dtype))],
+      30,
+    );
   }
 }
 
@@ -715,50 +740,6 @@ if (contenderKinds.has('torch') && cudaGroups.length > 0) {
       }
       if (r.status !== 0) notes.push(`torch: torch_bench.py exited with ${r.status ?? r.signal}: ${(r.stderr ?? '').trim().split('\n').slice(-3).join(' | ')}`);
     }
-  }
-}
-
-// ---------------------------------------------------------------------------------
-// PyTorch on the CPU (optional; ops with a `torchCpu` contender): the same script with
-// --device cpu and torch.set_num_threads(all threads), eager only. Debian's python3-torch
-// lives at /usr/bin/python3 (a pyenv python3 may come first on PATH without it).
-// ---------------------------------------------------------------------------------
-
-const cpuTorchGroups = groups.filter((g) => g.device === 'cpu' && g.cases.some((c) => c.op.contenders?.torchCpu));
-if (contenderKinds.has('torch') && cpuTorchGroups.length > 0) {
-  const pythons = [...new Set([process.env.KD_BENCH_PYTHON, '/usr/bin/python3', 'python3'].filter((x): x is string => !!x))];
-  const python = pythons.find((py) => spawnSync(py, ['-c', 'import torch'], { encoding: 'utf8' }).status === 0);
-  if (!python) {
-    notes.push(`torch (CPU): skipped: no python with torch among ${pythons.join(', ')}`);
-  } else {
-    const torchOps = [...new Set(cpuTorchGroups.flatMap((g) => g.cases.map((c) => c.op.contenders?.torchCpu).filter((x): x is string => !!x)))];
-    const torchShapes = [...new Set(cpuTorchGroups.map((g) => `${g.shape.N}x${g.shape.V}`))];
-    const torchDtypes = [...new Set(cpuTorchGroups.map((g) => g.dtype))];
-    progress.update(stepsDone, totalSteps, `torch CPU contenders (${python}, ${allThreads} threads)`);
-    const r = spawnSync(
-      python,
-      [join(ROOT, 'bench/contenders/torch_bench.py'), '--device', 'cpu', '--threads', String(allThreads), '--no-compile', '--ops', torchOps.join(','),
-        '--shapes', torchShapes.join(','), '--dtypes', torchDtypes.join(','), '--seed', String(seed), ...(quick ? ['--quick'] : [])],
-      { encoding: 'utf8', maxBuffer: 64 << 20, timeout: 30 * 60_000 },
-    );
-    progress.clear();
-    for (const line of (r.stdout ?? '').split('\n')) {
-      if (!line.startsWith('{')) continue;
-      try {
-        const j = JSON.parse(line) as { contender?: ContenderName; op: string; N: number; V: number; dtype: BenchDtype; ms: number[]; note?: string };
-        if (!j.contender || !Array.isArray(j.ms) || j.ms.length === 0) {
-          if (j.note) notes.push(`torch (CPU): ${j.note}`);
-          continue;
-        }
-        const stats: Stats = statsOf(j.ms);
-        const el = j.N * j.V;
-        const bytes = (j.op.startsWith('topk') ? 1 : 3) * el * (j.dtype === 'f32' ? 4 : 2); // topk reads one row; triad and losses three
-        contenders.push({ contender: j.contender, op: j.op, device: 'cpu', dtype: j.dtype, N: j.N, V: j.V, elements: el, bytes, stats, elemsPerS: el / (stats.median / 1000), gbps: bytes / (stats.median * 1e6), threads: allThreads, note: `own data, same distribution; ${allThreads} threads` });
-      } catch {
-        /* not ours */
-      }
-    }
-    if (r.status !== 0) notes.push(`torch (CPU): torch_bench.py exited with ${r.status ?? r.signal}: ${(r.stderr ?? '').trim().split('\n').slice(-3).join(' | ')}`);
   }
 }
 
