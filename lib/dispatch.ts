@@ -13,6 +13,7 @@ import { divergence as webgpuDivergence } from './webgpu/divergence.js';
 import { tokenStats as webgpuTokenStats } from './webgpu/token_stats.js';
 import { topk as webgpuTopk } from './webgpu/topk.js';
 import { sparseKlDiv as webgpuSparseKlDiv } from './webgpu/sparse_kl_div.js';
+import { sampleTeacher as webgpuSampleTeacher } from './webgpu/sample_teacher.js';
 
 export type OpName = 'divergence' | 'tokenStats' | 'topk' | 'sampleTeacher' | 'sparseKlDiv';
 
@@ -22,6 +23,7 @@ const WEBGPU_OPS: Partial<Record<OpName, (args: OpArgs) => void>> = {
   tokenStats: webgpuTokenStats,
   topk: webgpuTopk,
   sparseKlDiv: webgpuSparseKlDiv,
+  sampleTeacher: webgpuSampleTeacher,
 };
 
 /**

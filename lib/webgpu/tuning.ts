@@ -21,3 +21,12 @@ export const STAGE_MAX_V = 1536;
 
 /** Workgroup size of the 1-workgroup passes (the selected-row count, the loss sum). */
 export const REDUCE_WG = 256;
+
+/**
+ * sampleTeacher: sub-chunks of the proposal's integer prefix sums per thread. The row is
+ * split into WG × SAMPLE_SUBCHUNKS contiguous sub-chunks (1024: 8 KiB of u64 sums in
+ * workgroup memory, 12 KiB with the scan and reduction scratch), and each draw rescans
+ * one sub-chunk (V / 1024 elements) recomputing its fixed-point proposal. Integer sums
+ * are exact, so this changes speed only, never the drawn ids.
+ */
+export const SAMPLE_SUBCHUNKS = 4;
