@@ -5,6 +5,9 @@
  * V = 1 … 151936, N = 0, all ignored, -inf, in place / given / f32 gradients), ids out of
  * range (NaN, never a wild access), determinism, errors. The sparse teachers are made on
  * the CPU (topk / sampleTeacher) and uploaded. Skips, saying why, without an adapter.
+ * Also: the options that bind the most storage buffers on a device with WebGPU's default
+ * limits (8 per stage), row chunks and borrowed per-token inputs at odd offsets there, and
+ * (without a GPU) the storage bindings of every WGSL kernel variant in lib/webgpu/ <= 8.
  */
 import { describe, expect, it } from 'vitest';
 import * as kd from '../lib/index.js';
@@ -12,7 +15,13 @@ import { errorOf } from './helpers.js';
 import { compareArrays, decodeDtype, encodeDtype, randomLogits, roundToDtype, type FloatDType, type Reduction } from './reference/common.js';
 import { refSparseKl, type SparseTail } from './reference/sparse.js';
 import { SPARSE_GRAD_ATOL_REL_MAX, SPARSE_GRAD_RTOL, SPARSE_LOSS_ATOL_PER_WEIGHT, SPARSE_LOSS_RTOL, TOPK_OUT_ROUNDING } from './tolerances.js';
-import { _setBindingLimit } from '../lib/webgpu/runtime.js';
+import { USAGE, _setBindingLimit, createBuffer, gpuObject, write } from '../lib/webgpu/runtime.js';
+import { SPARSE_TAIL, sparseAuxWgsl, sparseWgsl } from '../lib/webgpu/wgsl/sparse_kl_div.wgsl.js';
+import { DIV, countWgsl, divergenceRowWgsl, reduceWgsl } from '../lib/webgpu/wgsl/divergence.wgsl.js';
+import { tokenStatsWgsl } from '../lib/webgpu/wgsl/token_stats.wgsl.js';
+import { topkWgsl } from '../lib/webgpu/wgsl/topk.wgsl.js';
+import { sampleTeacherWgsl } from '../lib/webgpu/wgsl/sample_teacher.wgsl.js';
+import type { WgslDType } from '../lib/webgpu/wgsl/common.wgsl.js';
 import { GPU, GPU_SKIP_REASON } from './webgpu_rows.js';
 
 const DTYPES: FloatDType[] = ['f32', 'f16', 'bf16'];
@@ -38,6 +47,21 @@ interface Case {
   negInf?: boolean;
   valuesDtype?: 'f32' | 'input';
   seed?: number;
+  /**
+   * WebGPU labels, mask and weights as kd.webgpu.fromGPUBuffer views at odd offsets (labels
+   * at element 1, the mask at byte 3, weights at element 2) of buffers without COPY_SRC.
+   */
+  borrowed?: boolean;
+}
+
+/** `data` at byte `byteOffset` of a new STORAGE | COPY_DST buffer (no COPY_SRC), borrowed as a kd tensor. */
+function borrow(data: Int32Array | Uint8Array | Float32Array, dtype: 'i32' | 'u8' | 'f32', byteOffset: number): kd.Tensor {
+  const dev = kd.webgpu.currentDevice()!;
+  const bytes = new Uint8Array(Math.ceil((byteOffset + data.byteLength) / 4) * 4).fill(0xa5);
+  bytes.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), byteOffset);
+  const buf = createBuffer(dev, bytes.byteLength, USAGE.STORAGE | USAGE.COPY_DST);
+  write(dev, buf, 0, bytes);
+  return kd.webgpu.fromGPUBuffer(buf, [data.length], { dtype, byteOffset });
 }
 
 function toGpu(t: kd.Tensor | undefined): kd.Tensor | undefined {
@@ -75,6 +99,11 @@ function build(c: Case) {
       tail: c.tail, temperature: c.temperature, scaleByTemperatureSquared: c.scaleT2, labels, mask, weights,
       reduction: c.reduction, normalizer: c.normalizer, gradScale: c.gradScale, gradDtype: c.gradDtype,
     };
+    if (c.borrowed && device === 'webgpu') {
+      if (labels) o.labels = borrow(labels, 'i32', 4);
+      if (mask) o.mask = borrow(mask, 'u8', 3);
+      if (weights) o.weights = borrow(weights, 'f32', 8);
+    }
     if (c.grad === 'none') o.grad = false;
     if (c.grad === 'inplace') o.grad = 'inplace';
     if (c.grad === 'given') o.grad = kd.empty([n, v], { dtype: c.gradDtype === 'f32' ? 'f32' : dtype, device });
@@ -243,5 +272,111 @@ describe.skipIf(!GPU)(`sparseKlDiv on WebGPU vs the float64 reference and the CP
       expect([e.name, e.code], e.message).toEqual([cls, code]);
       expect(e.message).toMatch(msg);
     }
+  });
+});
+
+/**
+ * WebGPU's default maxStorageBuffersPerShaderStage is 8 (the device of tfjs-backend-webgpu,
+ * or any caller's passed to kd.webgpu.setDevice); the library's own device requests the
+ * adapter's maximum. Runs `fn` with a device requested with no requiredLimits as kd's
+ * device, then restores the library's.
+ */
+async function onDefaultLimits(fn: () => Promise<void>): Promise<void> {
+  const adapter = await gpuObject()!.requestAdapter();
+  const dev = await adapter!.requestDevice();
+  expect(dev.limits.maxStorageBuffersPerShaderStage).toBe(8);
+  kd.webgpu.setDevice(dev);
+  try {
+    await fn();
+  } finally {
+    kd.webgpu.setDevice(GPU!);
+    _setBindingLimit(undefined);
+    dev.destroy();
+  }
+}
+
+describe.skipIf(!GPU)(`sparseKlDiv on a device with the default limits (8 storage buffers per stage) ${GPU_SKIP_REASON}`, () => {
+  // the most bindings: 'bucket' (tailLogProb and the bitmap), labels, mask, weights, a
+  // gradient of its own and the per-row loss
+  const ALL = { labels: true, mask: true, weights: true, reduction: 'none' } as const;
+
+  it('every tail with labels, mask, weights, a separate gradient and reduction none', SLOW, async () => {
+    await onDefaultLimits(async () => {
+      for (const tail of TAILS) {
+        await check({ n: 41, v: 1271, k: 17, dtype: 'f32', tail, ...ALL, grad: 'given', gradDtype: 'f32', temperature: 1.5 });
+        await check({ n: 41, v: 1271, k: 17, dtype: 'bf16', tail, ...ALL, grad: 'given', gradDtype: 'input', valuesDtype: 'input' });
+      }
+      // fewer bindings, once (each variant costs lavapipe seconds of pipeline compilation)
+      await check({ n: 41, v: 1271, k: 17, dtype: 'f16', tail: 'bucket', ...ALL, grad: 'inplace', gradScale: -0.7 });
+      await check({ n: 41, v: 1271, k: 17, dtype: 'f32', tail: 'bucket', labels: true, mask: true, reduction: 'sum', grad: 'given', gradDtype: 'f32' });
+    });
+  });
+
+  it('row chunks and borrowed inputs at odd offsets (the mask at byte 3), packed and alone', SLOW, async () => {
+    await onDefaultLimits(async () => {
+      // 6000-byte rows: 10 rows per 64 KiB chunk, so chunks start at rows 10, 20, 30 (mask bytes off a word)
+      _setBindingLimit(64 * 1024);
+      for (const tail of TAILS)
+        await check({ n: 41, v: 1271, k: 17, dtype: 'f32', tail, ...ALL, grad: 'given', gradDtype: 'f32', ld: 1500, borrowed: true });
+      await check({ n: 41, v: 1271, k: 17, dtype: 'f32', tail: 'bucket', mask: true, reduction: 'none', ld: 1500, borrowed: true, seed: 3 });
+      _setBindingLimit(undefined);
+      await check({ n: 41, v: 1271, k: 17, dtype: 'bf16', tail: 'conditional', ...ALL, grad: 'given', gradDtype: 'input', borrowed: true, seed: 5 });
+    });
+  });
+});
+
+/** The storage buffers a kernel binds: its `var<storage` declarations (layout 'auto'). */
+function storageBindings(wgsl: string): number {
+  return wgsl.match(/var<storage\b/g)?.length ?? 0;
+}
+const B = [false, true];
+const FLOAT_DTYPES: WgslDType[] = ['f32', 'f16', 'bf16'];
+
+describe('storage bindings of every WebGPU kernel stay within the default limit of 8', () => {
+  it('sparseKlDiv: the row kernel (every tail, input, gradient and reduction) and the pack kernel', () => {
+    let max = 0;
+    for (const tail of Object.values(SPARSE_TAIL))
+      for (const gDtype of [null, 'f32', 'bf16'] as const)
+        for (const inplace of gDtype ? B : [false])
+          for (const labels of B)
+            for (const mask of B)
+              for (const weights of B)
+                for (const lossPerRow of B)
+                  for (const sDtype of FLOAT_DTYPES) {
+                    const c = { sDtype, vDtype: 'f32' as WgslDType, gDtype, inplace, tail, labels, mask, weights, lossPerRow };
+                    const nb = storageBindings(sparseWgsl(c));
+                    expect(nb, JSON.stringify(c)).toBeLessThanOrEqual(8);
+                    max = Math.max(max, nb);
+                  }
+    // S, IDS, VALS, the per-token inputs, GR, WS, LOSS and the 'bucket' bitmap
+    expect(max).toBe(8);
+    for (const t of B) for (const labels of B) for (const weights of B) for (const mask of B)
+      expect(storageBindings(sparseAuxWgsl({ tail: t, labels, weights, mask }))).toBeLessThanOrEqual(5);
+  });
+
+  it('divergence (rows, count, reduce), tokenStats, topk and sampleTeacher', () => {
+    let max = 0;
+    for (const div of Object.values(DIV))
+      for (const gDtype of [null, 'f32', 'f16'] as const)
+        for (const inplace of gDtype ? B : [false])
+          for (const labels of B)
+            for (const mask of B)
+              for (const weights of B)
+                for (const perToken of labels ? B : [false]) {
+                  const ce = labels;
+                  const c = {
+                    div, sDtype: 'f32' as WgslDType, tDtype: 'bf16' as WgslDType, gDtype, inplace, tRaw: false, ce, ceOwn: ce && div !== DIV.none,
+                    eps: false, labels, mask, weights, perToken, lossPerRow: !perToken, staged: true, wg: 256,
+                  };
+                  const nb = storageBindings(divergenceRowWgsl(c));
+                  expect(nb, JSON.stringify(c)).toBeLessThanOrEqual(8);
+                  max = Math.max(max, nb);
+                }
+    expect(max).toBe(7); // S, T, GR, LAB, MASK, WTS, WS
+    for (const labels of B) for (const mask of B) expect(storageBindings(countWgsl(labels, mask))).toBeLessThanOrEqual(3);
+    expect(storageBindings(reduceWgsl())).toBe(2);
+    for (const sampled of B) expect(storageBindings(tokenStatsWgsl({ sDtype: 'bf16', tDtype: 'f32', sampled }))).toBeLessThanOrEqual(4);
+    for (const valuesDtype of FLOAT_DTYPES) expect(storageBindings(topkWgsl({ xDtype: valuesDtype, valuesDtype }))).toBe(4);
+    expect(storageBindings(sampleTeacherWgsl())).toBe(4); // logits, ids, weights, log-probs
   });
 });

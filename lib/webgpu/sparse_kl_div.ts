@@ -4,18 +4,34 @@
  *   1. count: selected rows -> divisor -> gradScale / divisor (the divergence engine's
  *      count kernel, wgsl/divergence.wgsl.ts: the same selection and divisor rules)
  *   2. rows: one workgroup per token (wgsl/sparse_kl_div.wgsl.ts: the math and the
- *      kernel's shape), in row chunks whose bindings fit the device's limit
+ *      kernel's shape), in row chunks whose bindings fit the device's limit; before each
+ *      chunk, when two or more per-token inputs are given, the pack kernel (see below)
  *   3. reduce: the scalar loss from the per-row totals in a fixed order (not for 'none').
+ * Storage buffers per dispatch: at most 8, WebGPU's default maxStorageBuffersPerShaderStage
+ * (tfjs-backend-webgpu's device, or any caller's device requested without raised limits).
+ * The row kernel binds student, ids, values, one AUX binding for the per-token inputs
+ * (tailLogProb for 'bucket', labels, weights, mask), the gradient (unless in place), the
+ * workspace, the per-row loss ('none') and the 'bucket' bitmap. A single per-token input
+ * is bound as it is; two or more are gathered first, per chunk, into one scratch by the
+ * pack kernel (it moves the bits unchanged and, unlike copyBufferToBuffer, needs neither
+ * COPY_SRC on a borrowed buffer nor a 4-byte aligned mask).
  * Returns without waiting. Ids are not read back (WebGPU has no synchronous read): an id
  * outside [0, V) makes its token's loss and gradient NaN; repeated ids (meant only for
  * 'sampled') are summed deterministically like the CPU's.
  */
 import { KdError, KdRangeError } from '../errors.js';
-import { bindRows, bindVec, deviceOf, dtypeBytes, floatDtype, paramsBlock, rowsOf, rowsPerChunk, vecOf, type OpArgs, type TensorDesc } from './gpu_rows.js';
+import { bindRows, bindVec, deviceOf, dtypeBytes, floatDtype, paramsBlock, rowsOf, rowsPerChunk, vecOf, type GpuVec, type OpArgs, type TensorDesc } from './gpu_rows.js';
 import { gpuOf } from './divergence.js';
 import { createBuffer, grid, pipeline, run, type Binding } from './runtime.js';
 import { countWgsl, reduceWgsl } from './wgsl/divergence.wgsl.js';
-import { SPARSE_TAIL, sparseKey, sparseWgsl, type SparseVariant } from './wgsl/sparse_kl_div.wgsl.js';
+import { AUX_WG, SPARSE_TAIL, sparseAuxKey, sparseAuxWgsl, sparseKey, sparseWgsl, type SparseAuxVariant, type SparseVariant } from './wgsl/sparse_kl_div.wgsl.js';
+
+/** A per-token input of the row kernel: tailLogProb, labels, weights (32-bit) or the mask (u8). */
+interface AuxInput {
+  key: 'tl' | 'lab' | 'w' | 'mask';
+  vec: GpuVec;
+  es: 4 | 1;
+}
 
 export function sparseKlDiv(a: OpArgs): void {
   const op = 'sparseKlDiv';
@@ -91,8 +107,29 @@ export function sparseKlDiv(a: OpArgs): void {
       const vals = sampled ? vecOf(op, 'sampleWeights', SW!, n * k, 4) : vecOf(op, 'values', VALS!, n * k, dtypeBytes(cfg.vDtype));
       const vEs = sampled ? 4 : dtypeBytes(cfg.vDtype);
       const words = Math.ceil(v / 32);
-      const chunk = rowsPerChunk(device, n, [s!.ld * dtypeBytes(s!.dtype), g ? g.ld * dtypeBytes(g.dtype) : 0, k * 4, k * vEs, bucket ? words * 4 : 0]);
+      // the per-token inputs, read by the row kernel from one binding (AUX): 32-bit
+      // sections first (their order fixes AUX's layout), the mask (bytes) last
+      const aux: AuxInput[] = [];
+      if (bucket) aux.push({ key: 'tl', vec: vecOf(op, 'tailLogProb', TL!, n, 4), es: 4 });
+      if (labels) aux.push({ key: 'lab', vec: vecOf(op, 'labels', labels, n, 4), es: 4 });
+      if (weights) aux.push({ key: 'w', vec: vecOf(op, 'weights', weights, n, 4), es: 4 });
+      if (mask) aux.push({ key: 'mask', vec: vecOf(op, 'mask', mask, n, 1), es: 1 });
+      const packed = aux.length > 1;
+      const auxRowBytes = packed ? aux.reduce((t, x) => t + x.es, 0) : 0;
+      const chunk = rowsPerChunk(device, n, [s!.ld * dtypeBytes(s!.dtype), g ? g.ld * dtypeBytes(g.dtype) : 0, k * 4, k * vEs, bucket ? words * 4 : 0, auxRowBytes]);
       const pipe = pipeline(device, sparseKey(cfg), sparseWgsl(cfg));
+      // two or more: gathered per chunk into one scratch (section stride `chunk` words)
+      let auxBuf: GPUBuffer | undefined;
+      let auxPipe: GPUComputePipeline | undefined;
+      const auxOut: Record<AuxInput['key'], number> = { tl: 0, lab: 0, w: 0, mask: 0 };
+      if (packed) {
+        const words32 = aux.filter((x) => x.es === 4).length;
+        aux.forEach((x, j) => (auxOut[x.key] = j * chunk)); // the mask (last) at words32 * chunk
+        auxBuf = createBuffer(device, (words32 * chunk + Math.ceil(chunk / 4)) * 4);
+        temps.push(auxBuf);
+        const av: SparseAuxVariant = { tail: bucket, labels: !!labels, weights: !!weights, mask: !!mask };
+        auxPipe = pipeline(device, sparseAuxKey(av), sparseAuxWgsl(av));
+      }
       for (let r0 = 0; r0 < n; r0 += chunk) {
         const r1 = Math.min(n, r0 + chunk);
         const rows = r1 - r0;
@@ -100,26 +137,26 @@ export function sparseKlDiv(a: OpArgs): void {
         const ib = bindVec(device, ids, 4, r0 * k, r1 * k);
         const vb = bindVec(device, vals, vEs, r0 * k, r1 * k);
         const store: Binding[] = [sb.binding, ib.binding, vb.binding];
-        let tlOff = 0, lOff = 0, mOff = 0, wOff = 0, gOff = inplace ? sb.elemOff : 0, lossOff = 0;
-        if (bucket) {
-          const r = bindVec(device, vecOf(op, 'tailLogProb', TL!, n, 4), 4, r0, r1);
+        const off: Record<AuxInput['key'], number> = { tl: 0, lab: 0, w: 0, mask: 0 };
+        let gOff = inplace ? sb.elemOff : 0, lossOff = 0;
+        if (aux.length === 1) {
+          // one input: bound as it is (its element offset: words, or bytes for the mask)
+          const r = bindVec(device, aux[0]!.vec, aux[0]!.es, r0, r1);
           store.push(r.binding);
-          tlOff = r.elemOff;
-        }
-        if (labels) {
-          const r = bindVec(device, vecOf(op, 'labels', labels, n, 4), 4, r0, r1);
-          store.push(r.binding);
-          lOff = r.elemOff;
-        }
-        if (mask) {
-          const r = bindVec(device, vecOf(op, 'mask', mask, n, 1), 1, r0, r1);
-          store.push(r.binding);
-          mOff = r.elemOff;
-        }
-        if (weights) {
-          const r = bindVec(device, vecOf(op, 'weights', weights, n, 4), 4, r0, r1);
-          store.push(r.binding);
-          wOff = r.elemOff;
+          off[aux[0]!.key] = r.elemOff;
+        } else if (packed) {
+          const inOff: Record<AuxInput['key'], number> = { tl: 0, lab: 0, w: 0, mask: 0 };
+          const pstore: Binding[] = [{ buffer: auxBuf! }];
+          for (const x of aux) {
+            const r = bindVec(device, x.vec, x.es, r0, r1);
+            pstore.push(r.binding);
+            inOff[x.key] = r.elemOff;
+          }
+          const pp = paramsBlock([rows, inOff.tl, inOff.lab, inOff.w, inOff.mask, auxOut.tl, auxOut.lab, auxOut.w, auxOut.mask, 0, 0, 0]);
+          run(device, auxPipe!, pp, pstore, grid(Math.ceil(rows / AUX_WG)));
+          store.push({ buffer: auxBuf! });
+          Object.assign(off, auxOut);
+          off.mask = auxOut.mask * 4; // the row kernel indexes the mask in bytes
         }
         if (g) {
           const r = bindRows(device, g, r0, r1);
@@ -140,8 +177,8 @@ export function sparseKlDiv(a: OpArgs): void {
         }
         const params = paramsBlock([
           rows, v, s!.ld, sb.elemOff,
-          k, ib.elemOff, vb.elemOff, tlOff,
-          lOff, mOff, wOff, gOff,
+          k, ib.elemOff, vb.elemOff, off.tl,
+          off.lab, off.mask, off.w, gOff,
           inplace ? s!.ld : g ? g.ld : 0, r0, lossOff, words,
           { i32: a.ignoreIndex as number }, { f32: 1 / (a.temperature as number) }, { f32: a.softWeight as number }, 0,
         ]);

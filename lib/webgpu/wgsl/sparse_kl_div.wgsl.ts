@@ -33,6 +33,12 @@
  *   W. the gradient row, coefficient × q_j (from z again), then, after a storage
  *      barrier, the ids overwritten with their own values.
  * All sums f32, fixed order, no float atomics: bitwise reproducible.
+ *
+ * Bindings: at most 8 storage buffers (WebGPU's default per shader stage): S, IDS, VALS,
+ * AUX, GR (not in place), WS, LOSS ('none'), BITS ('bucket'). AUX holds the per-token
+ * inputs as u32 words read with bitcast (tailLogProb, labels, weights) and the mask as
+ * bytes (4 per word), each from its own offset in P: either the one input bound as it is,
+ * or the scratch the pack kernel (sparseAuxWgsl) fills from two or more.
  */
 import { COMMON_WGSL, REDUCE_WGSL, TO16_WGSL, arrayType, loadFn, storeFn, type WgslDType } from './common.wgsl.js';
 
@@ -55,6 +61,73 @@ export function sparseKey(c: SparseVariant): string {
   return `sparseKlDiv:${c.sDtype}:${c.vDtype}:${c.gDtype}:${c.inplace}:${c.tail}:${c.labels}:${c.mask}:${c.weights}:${c.lossPerRow}`;
 }
 
+/** Whether the row kernel reads per-token inputs (its AUX binding): 'bucket', labels, mask or weights. */
+export function hasAux(c: Pick<SparseVariant, 'tail' | 'labels' | 'mask' | 'weights'>): boolean {
+  return c.tail === SPARSE_TAIL.bucket || c.labels || c.mask || c.weights;
+}
+
+/** The per-token inputs the pack kernel gathers (at least two: one alone is bound as it is). */
+export interface SparseAuxVariant {
+  tail: boolean;
+  labels: boolean;
+  weights: boolean;
+  mask: boolean;
+}
+
+export function sparseAuxKey(c: SparseAuxVariant): string {
+  return `sparseKlDiv:aux:${c.tail}:${c.labels}:${c.weights}:${c.mask}`;
+}
+
+/** Threads per workgroup of the pack kernel. */
+export const AUX_WG = 64;
+
+/**
+ * The pack kernel: copies rows [0, rows) of the chunk's per-token inputs into one buffer,
+ * AUX = [tailLogProb | labels | weights] (32-bit words, each section `stride` words) then
+ * the mask bytes (4 per word, in token order), so that the row kernel binds them once.
+ * Thread t copies word t of each 32-bit section and assembles mask word t (tokens 4t ..
+ * 4t + 3; 0 past `rows`). The bits are moved unchanged. Inputs are bound like the row
+ * kernel's (any element offset: the mask may start at any byte) and need no COPY_SRC.
+ */
+export function sparseAuxWgsl(c: SparseAuxVariant): string {
+  const decl: string[] = [];
+  let b = 2;
+  if (c.tail) decl.push(`@group(0) @binding(${b++}) var<storage, read> TLI: array<u32>;`);
+  if (c.labels) decl.push(`@group(0) @binding(${b++}) var<storage, read> LABI: array<u32>;`);
+  if (c.weights) decl.push(`@group(0) @binding(${b++}) var<storage, read> WI: array<u32>;`);
+  if (c.mask) decl.push(`@group(0) @binding(${b++}) var<storage, read> MASKI: array<u32>;`);
+  return /* wgsl */ `
+const GRID_X: u32 = 65535u;
+struct Params {
+  rows: u32, tl_in: u32, lab_in: u32, w_in: u32,
+  mask_in: u32, tl_out: u32, lab_out: u32, w_out: u32,
+  mask_out: u32, pad0: u32, pad1: u32, pad2: u32,
+}
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read_write> AUX: array<u32>;
+${decl.join('\n')}
+@compute @workgroup_size(${AUX_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let t = (wid.x + wid.y * GRID_X) * ${AUX_WG}u + lid.x;
+  if (t >= P.rows) { return; }
+  ${c.tail ? 'AUX[P.tl_out + t] = TLI[P.tl_in + t];' : ''}
+  ${c.labels ? 'AUX[P.lab_out + t] = LABI[P.lab_in + t];' : ''}
+  ${c.weights ? 'AUX[P.w_out + t] = WI[P.w_in + t];' : ''}
+  ${c.mask ? `if (t < (P.rows + 3u) / 4u) {
+    var w = 0u;
+    for (var k = 0u; k < 4u; k++) {
+      let r = 4u * t + k;
+      if (r < P.rows) {
+        let e = P.mask_in + r;  // a byte index
+        w |= ((MASKI[e >> 2u] >> ((e & 3u) * 8u)) & 0xffu) << (8u * k);
+      }
+    }
+    AUX[P.mask_out + t] = w;
+  }` : ''}
+}
+`;
+}
+
 /** Slots per thread: SPARSE_MAX_SLOTS (4096) / WG. */
 export const SLOTS_PER_THREAD = 16;
 
@@ -69,10 +142,8 @@ export function sparseWgsl(c: SparseVariant): string {
   decl.push(`@group(0) @binding(${b++}) var<storage, ${c.inplace ? 'read_write' : 'read'}> S: ${arrayType(c.sDtype, sAtomic)};`);
   decl.push(`@group(0) @binding(${b++}) var<storage, read> IDS: array<i32>;`);
   decl.push(`@group(0) @binding(${b++}) var<storage, read> VALS: ${sampled ? 'array<f32>' : arrayType(c.vDtype)};`);
-  if (bucket) decl.push(`@group(0) @binding(${b++}) var<storage, read> TAILLP: array<f32>;`);
-  if (c.labels) decl.push(`@group(0) @binding(${b++}) var<storage, read> LAB: array<i32>;`);
-  if (c.mask) decl.push(`@group(0) @binding(${b++}) var<storage, read> MASK: array<u32>;`);
-  if (c.weights) decl.push(`@group(0) @binding(${b++}) var<storage, read> WTS: array<f32>;`);
+  // the per-token inputs (tailLogProb, labels, weights, mask) as 32-bit words of one binding
+  if (hasAux(c)) decl.push(`@group(0) @binding(${b++}) var<storage, read> AUX: array<u32>;`);
   if (grad && !c.inplace) decl.push(`@group(0) @binding(${b++}) var<storage, read_write> GR: ${arrayType(c.gDtype!, c.gDtype !== 'f32')};`);
   // the divergence engine's workspace: [count, divisor, gradScale / divisor, 0, per-row totals...]
   decl.push(`@group(0) @binding(${b++}) var<storage, read_write> WS: array<f32>;`);
@@ -116,8 +187,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let K = P.k;
   let it = P.inv_t;
   var selected = true;
-  ${c.labels ? 'if (LAB[P.lab_off + i] == P.ignore_index) { selected = false; }' : ''}
-  ${c.mask ? 'let me = P.mask_off + i; if (((MASK[me >> 2u] >> ((me & 3u) * 8u)) & 0xffu) == 0u) { selected = false; }' : ''}
+  ${c.labels ? 'if (bitcast<i32>(AUX[P.lab_off + i]) == P.ignore_index) { selected = false; }' : ''}
+  ${c.mask ? 'let me = P.mask_off + i; if (((AUX[me >> 2u] >> ((me & 3u) * 8u)) & 0xffu) == 0u) { selected = false; }' : ''}
   let zb = P.s_off + i * P.lds;
   ${grad ? 'let gb = P.g_off + i * P.ldg;' : ''}
   let ib = P.ids_off + i * K;
@@ -175,12 +246,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   ${sampled || bucket ? 'let TW = wg_sum(tid, tw);' : ''}
   ${!sampled && !bucket ? 'let vl = lse_value(wg_lse(tid, va));' : ''}
   ${c.tail === T.conditional ? 'let ql = lse_value(wg_lse(tid, qa));' : ''}
-  ${bucket ? `let lpt = TAILLP[P.tl_off + i];
+  ${bucket ? `let lpt = bitcast<f32>(AUX[P.tl_off + i]);
   let pt = exp0(lpt);
   let sp = TW + pt;` : ''}
   // A: the ids' gradient is A q_id - (their corrections); a_all: everything else, a_all q_j
   ${sampled ? 'let A = TW * it; let a_all = A;' : bucket ? 'let A = sp * it;' : c.tail === T.conditional ? 'let A = 0.0;' : 'let A = it; let a_all = it;'}
-  let wrow = ${c.weights ? 'WTS[P.w_off + i]' : '1.0'};
+  let wrow = ${c.weights ? 'bitcast<f32>(AUX[P.w_off + i])' : '1.0'};
   let f = WS[2] * wrow * P.soft_weight;
   var L = 0.0;
   for (var u = 0u; u < MAXU; u++) {
