@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import * as kd from '../lib/index.js';
 import { caseName, check, type DivCase } from './divergence_cases.js';
 import type { Divergence } from './reference/divergences.js';
-import type { FloatDType } from './reference/common.js';
+import { encodeDtype, type FloatDType } from './reference/common.js';
 
 const DIVS: { divergence: Divergence; beta?: number; skew?: number }[] = [
   { divergence: 'forward-kl' },
@@ -187,4 +187,62 @@ describe('determinism', () => {
     expect(a.loss.item()).toBe(b.loss.item());
     expect(Buffer.from(a.grad!.toArray().buffer).equals(Buffer.from(b.grad!.toArray().buffer))).toBe(true);
   });
+});
+
+/**
+ * Gradients of >= 16 MiB (tuning::kCpuStreamBytes) go out with streaming stores, block by
+ * block, the partial lines at a row's ends with plain stores (row.h LineStream). Rows are
+ * computed independently, so the same rows in calls below that size (plain stores) give
+ * the reference bit for bit; the gradient array starts 0-15 elements off a 64-byte line
+ * (V8 aligns a Float32Array's memory to 16 bytes only) and V is odd, so every row starts
+ * at a different offset within a line.
+ */
+describe('streamed gradients (>= 16 MiB) at any alignment equal the plain-store path bit for bit', () => {
+  const N = 41;
+  const V = 204_803; // 41 × 204 803 × 2 bytes = 16.8 MB (bf16), 33.6 MB (f32)
+  const CHUNK = 13; // rows per reference call: 13 × V × 4 bytes = 10.6 MB, plain stores
+  const rnd = (seed: number) => () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32 - 0.5) * 12;
+  const sF32 = Float32Array.from({ length: N * V }, rnd(7));
+  const tF32 = Float32Array.from({ length: N * V }, rnd(11));
+  const input = { f32: [sF32, tF32], bf16: [encodeDtype(sF32, 'bf16'), encodeDtype(tF32, 'bf16')] } as const;
+  const labels = Int32Array.from({ length: N }, (_, i) => (i * 7919) % V);
+  type Call = (s: kd.Tensor, t: kd.Tensor, o: Record<string, unknown>, r0: number, r1: number) => kd.LossResult;
+  const CASES: { name: string; call: Call }[] = [
+    // reduction 'sum': a row's gradient does not depend on how many rows the call has
+    { name: 'forward KL (pass B writes)', call: (s, t, o) => kd.klDiv(s, t, { reduction: 'sum', ...o }) },
+    { name: 'jsd β = 0.3 (pass C writes)', call: (s, t, o) => kd.jsd(s, t, { beta: 0.3, reduction: 'sum', ...o }) },
+    {
+      name: 'distillationLoss, CE at T = 2 (staged blocks)',
+      call: (s, t, o, r0, r1) =>
+        kd.distillationLoss(s, t, labels.subarray(r0, r1), { temperature: 2, reduction: 'sum', ...o }),
+    },
+  ];
+  const SENTINEL = { f32: -12345.5, bf16: 0x7fc1 };
+  const tensorOf = (dtype: 'f32' | 'bf16', a: Float32Array | Uint16Array, r0: number, r1: number) =>
+    kd.tensor(a.subarray(r0 * V, r1 * V), [r1 - r0, V], { dtype });
+  for (const dtype of ['f32', 'bf16'] as const)
+    for (const c of CASES)
+      it(`${c.name}, ${dtype}`, () => {
+        const [sa, ta] = input[dtype];
+        const want: (Float32Array | Uint16Array)[] = [];
+        for (let r0 = 0; r0 < N; r0 += CHUNK) {
+          const r1 = Math.min(N, r0 + CHUNK);
+          want.push((c.call(tensorOf(dtype, sa, r0, r1), tensorOf(dtype, ta, r0, r1), {}, r0, r1).grad!.toArray() as Float32Array).slice());
+        }
+        const expected = dtype === 'f32' ? new Float32Array(N * V) : new Uint16Array(N * V);
+        want.forEach((w, k) => expected.set(w, k * CHUNK * V));
+        const elems = N * V;
+        expect(elems * (dtype === 'f32' ? 4 : 2)).toBeGreaterThanOrEqual(16 << 20);
+        for (const off of dtype === 'f32' ? [0, 1, 3, 4, 13] : [0, 1, 7, 31]) {
+          const backing = dtype === 'f32' ? new Float32Array(elems + 32) : new Uint16Array(elems + 32);
+          backing.fill(SENTINEL[dtype]);
+          const g = backing.subarray(off, off + elems);
+          c.call(tensorOf(dtype, sa, 0, N), tensorOf(dtype, ta, 0, N), { grad: kd.tensor(g, [N, V], { dtype }) }, 0, N);
+          const bad = g.findIndex((x, j) => !Object.is(x, expected[j]));
+          if (bad >= 0)
+            throw new Error(`offset ${off}: first mismatch at row ${Math.floor(bad / V)}, col ${bad % V}: got ${g[bad]}, want ${expected[bad]}`);
+          const outside = [...backing.subarray(0, off), ...backing.subarray(off + elems)];
+          expect(outside.every((x) => x === SENTINEL[dtype]), `offset ${off}: written outside the gradient`).toBe(true);
+        }
+      });
 });

@@ -198,7 +198,7 @@ KD_ROW_INLINE void gdiv_grad_block(const float* __restrict eq, const float* __re
 //     sums (A = sum p (lp - lm), G = sum q (lq - lm)), one FMA and one multiply fewer per
 //     element;
 //   - the mixture clamp is one max (a NaN passes, as in the select).
-// Pass C stays the generic loop into an L1 block copied out by stream_bytes: writing the
+// Pass C stays the generic loop into an L1 block copied out by LineStream: writing the
 // gradient with streaming stores straight from the loop measured slower (jsd/forward KL
 // 1.52 against 1.46, 1 thread).
 // Measured (512 x 32000 f32, 1 thread, CPU time, same process, A/B by a run-time switch):
@@ -444,19 +444,20 @@ void row_kernel(const Plan& P, int64_t i, int64_t next, Scratch& S) {
   auto g16 = [&](bool reads_z, int64_t off) {  // the bf16 destination (g_b16)
     return !P.stream && !(reads_z && a.grad == a.s) ? static_cast<uint16_t*>(grow) + off : S.hbuf;
   };
+  LineStream out;  // P.stream: the gradient row, streamed block by block
   auto flush32 = [&](const float* g, int64_t off, int64_t n) {  // g: from g32()
     if (g != S.gbuf) return;
     if (!P.stream) return store_block(g, n, a.g_dtype, grow, off);
-    if (g_f32) return stream_bytes(g, n * 4, static_cast<float*>(grow) + off);
+    if (g_f32) return out.put(g, n * 4, static_cast<float*>(grow) + off);
     // (bf16: converted into an L1 block, then streamed out. Measured slower: converting
     // straight into streaming stores, bf16_from_f32_hw's loop with _mm512_stream_si512,
     // bf16/f32 elem/s 0.85-0.96 against 0.99-1.03; a copy loop streams better.)
     store_block(g, n, a.g_dtype, S.hbuf, 0);
-    stream_bytes(S.hbuf, n * 2, static_cast<uint16_t*>(grow) + off);
+    out.put(S.hbuf, n * 2, static_cast<uint16_t*>(grow) + off);
   };
   auto flush16 = [&](const uint16_t* h, int64_t off, int64_t n) {  // h: from g16()
     if (h != S.hbuf) return;
-    if (P.stream) stream_bytes(h, n * 2, static_cast<uint16_t*>(grow) + off);
+    if (P.stream) out.put(h, n * 2, static_cast<uint16_t*>(grow) + off);
     else std::memcpy(static_cast<uint16_t*>(grow) + off, h, size_t(n) * 2);
   };
 
@@ -562,7 +563,10 @@ void row_kernel(const Plan& P, int64_t i, int64_t next, Scratch& S) {
     }
   }
 
-  if (GRAD && P.stream) stream_fence();
+  if (GRAD && P.stream) {
+    out.finish();
+    stream_fence();
+  }
 
   // ---- per-row outputs -------------------------------------------------------------
   const float D = kHasDiv ? float(L) : 0.0f;
