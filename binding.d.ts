@@ -118,7 +118,7 @@ export interface Binding {
   poolAlloc(bytes: number): ArrayBuffer | undefined;
   /** Detaches a pooled ArrayBuffer and returns its block; false for any other. */
   poolRelease(buffer: ArrayBuffer): boolean;
-  poolInfo(): { pooledBytes: number; inUseBytes: number; capBytes: number; minBytes: number; reused: number; fresh: number; overCap: number };
+  poolInfo(): { pooledBytes: number; inUseBytes: number; capBytes: number; minBytes: number; reused: number; fresh: number; overCap: number; v8HiddenBytes: number };
   poolSetCap(bytes: number): void;
   poolTrim(keepBytes: number): void;
   poolDebug(poisonByte: number, minBytes: number): void;

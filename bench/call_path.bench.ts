@@ -4,9 +4,11 @@
  * - forward-kl-default: `kd.klDiv(s, t)` as a user writes it, a fresh gradient each call,
  *   the result dropped without dispose(). These loops never yield to the event loop, so
  *   finalizers never run: a block comes back when V8 has collected its ArrayBuffer (the
- *   pool watches them through weak references). Timed after 12 untimed calls
- *   (`steadyStateCalls`), once the pool holds the few gradients V8 has yet to collect, as
- *   in a training loop after its first steps; the first calls fault in fresh pages.
+ *   pool watches them through weak references). Timed after 48 untimed calls
+ *   (`steadyStateCalls`), once the pool holds the gradients V8 has yet to collect (up to
+ *   ~10 at 512×32000: V8 sees 1/8 of a pooled block, native/common/tuning.h
+ *   kPoolV8Share), as in a training loop after its first steps; the first calls fault in
+ *   fresh pages (with 12, 4 of the timed calls still took a fresh block).
  * - forward-kl-default-dispose: the same, disposing the result each call (the gradient's
  *   block goes straight back to the pool and is reused next call, not zero-filled).
  * - jsd-default: jsd β = 0.5 with dispose, as forward-kl-default-dispose.
@@ -59,7 +61,7 @@ export const ops: OpSpec[] = [
     allThreadsOnly: true,
     traffic: (s, dt) => lossTraffic(s, dt),
     make: defaultCall((d) => kd.klDiv(d.student, d.teacher), false),
-    steadyStateCalls: 12,
+    steadyStateCalls: 48,
     contenders: { torch: 'forward-kl' },
   },
   {

@@ -26,6 +26,14 @@ export interface CpuMemory {
   reused: number;
   fresh: number;
   overCap: number;
+  /**
+   * Bytes of this thread's pooled outputs that V8's external-memory count leaves out. V8
+   * starts a full GC whenever that count has grown by 64 MiB; the pool's cap already bounds
+   * its blocks, so V8 is shown 1/8 of each while the pool is under half its cap (all of it
+   * above), and dropped outputs do not cost a GC every few calls. Settled at the next pooled
+   * allocation after a block comes back.
+   */
+  v8HiddenBytes: number;
 }
 
 export interface CudaMemory {

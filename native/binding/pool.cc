@@ -4,6 +4,9 @@
 // block at once; the ArrayBuffer's finalizer returns it when a tensor is collected
 // without dispose(). Each block handed out has one Lease; whichever of the two paths
 // comes first returns the block, the other finds the lease returned and does nothing.
+// V8 is shown only a share of each pooled block's bytes while the pool is far from its
+// cap (HideFromV8, tuning::kPoolV8Share), so dropped outputs do not start a full GC every
+// few calls.
 #include "binding/pool.h"
 
 #include <napi.h>
@@ -146,6 +149,8 @@ namespace {
 struct Lease {
   void* ptr;
   size_t bytes;
+  napi_env env;           // the JS environment (thread) that took it
+  int64_t hidden = 0;     // bytes of it taken off V8's external-memory count (HideFromV8)
   bool returned = false;  // guarded by LeaseMutex()
   // Only on the thread (JS environment) that created it:
   napi_ref weak = nullptr;  // weak reference to the ArrayBuffer (reclaim, below)
@@ -185,14 +190,43 @@ std::unordered_map<void*, Lease*>& Leases() {
   return *m;
 }
 
+// The bytes of this thread's pooled blocks taken off V8's external-memory count
+// (tuning::kPoolV8Share): `held` by leases not yet returned, `applied` with
+// napi_adjust_external_memory so far. A returned lease lowers `held` only; the difference
+// is applied at the next pooled allocation, together with that block's share. Giving the
+// bytes back at once (a positive adjustment at every dispose()) made V8 check its limit
+// there and start a full GC per call even with dispose(), since V8 itself lowers its count
+// only when it has swept the detached ArrayBuffer.
+struct HiddenBytes {
+  int64_t held = 0;
+  int64_t applied = 0;
+};
+HiddenBytes& Hidden() {
+  static thread_local HiddenBytes h;
+  return h;
+}
+
+// Called by PoolAlloc once the lease's ArrayBuffer exists (V8 has counted its bytes).
+void HideFromV8(napi_env env, Lease* l, const HostPool::Stats& st) {
+  if (double(st.in_use) <= tuning::kPoolV8FullBelow * double(st.cap))
+    l->hidden = int64_t(l->bytes) - int64_t(l->bytes) / tuning::kPoolV8Share;
+  HiddenBytes& h = Hidden();
+  h.held += l->hidden;
+  const int64_t delta = h.held - h.applied;
+  int64_t now = 0;
+  if (delta != 0 && napi_adjust_external_memory(env, -delta, &now) == napi_ok) h.applied = h.held;
+}
+
 // Marks the lease returned and gives its block back; false if it already was.
-bool ReturnLease(Lease* l) {
+bool ReturnLease(napi_env env, Lease* l) {
   {
     std::lock_guard<std::mutex> lock(LeaseMutex());
     if (l->returned) return false;
     l->returned = true;
     Leases().erase(l->ptr);
   }
+  if (l->hidden && env == l->env) Hidden().held -= l->hidden;  // applied at the next PoolAlloc
+  l->hidden = 0;
   HostPool::Get().Release(l->ptr, l->bytes);
   return true;
 }
@@ -217,7 +251,7 @@ void Sweep(napi_env env, int budget) {
       returned = l->returned;
     }
     if (!returned && outstanding.reclaim && Collected(env, l)) {
-      ReturnLease(l);
+      ReturnLease(env, l);
       returned = true;
     }
     if (!returned) {
@@ -248,7 +282,7 @@ Napi::Value PoolAlloc(const Napi::CallbackInfo& info) {
   void* p = pool.Acquire(bytes, &oom);
   if (oom) Throw(env, "KD_ENOMEM", "cannot allocate " + std::to_string(HostPool::ClassBytes(bytes)) + " bytes for an output");
   if (!p) return env.Undefined();
-  auto* lease = new Lease{p, bytes};
+  auto* lease = new Lease{p, bytes, env};
   {
     std::lock_guard<std::mutex> lock(LeaseMutex());
     Leases()[p] = lease;
@@ -256,7 +290,7 @@ Napi::Value PoolAlloc(const Napi::CallbackInfo& info) {
   // The finalizer runs on this thread's event loop once V8 has freed the backing store
   // (or at environment teardown, e.g. worker termination).
   Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, p, bytes, [](Napi::Env env, void*, Lease* l) {
-    ReturnLease(l);
+    ReturnLease(env, l);
     if (l->weak) napi_delete_reference(env, l->weak);
     l->weak = nullptr;
     l->finalized = true;
@@ -264,6 +298,7 @@ Napi::Value PoolAlloc(const Napi::CallbackInfo& info) {
   }, lease);
   if (napi_create_reference(env, ab, 0, &lease->weak) != napi_ok) lease->weak = nullptr;
   outstanding.q.push_back(lease);
+  HideFromV8(env, lease, pool.GetStats());
   return ab;
 }
 
@@ -283,7 +318,7 @@ Napi::Value PoolRelease(const Napi::CallbackInfo& info) {
   }
   if (!l) return Napi::Boolean::New(env, false);
   ab.Detach();  // first: no view may see the block once it can be handed out again
-  return Napi::Boolean::New(env, ReturnLease(l));
+  return Napi::Boolean::New(env, ReturnLease(env, l));
 }
 
 Napi::Value PoolInfo(const Napi::CallbackInfo& info) {
@@ -297,6 +332,7 @@ Napi::Value PoolInfo(const Napi::CallbackInfo& info) {
   o.Set("reused", double(s.reused));
   o.Set("fresh", double(s.fresh));
   o.Set("overCap", double(s.over_cap));
+  o.Set("v8HiddenBytes", double(Hidden().applied));  // this thread's (HideFromV8)
   return o;
 }
 

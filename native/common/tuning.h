@@ -154,6 +154,24 @@ constexpr int kPoolClassesPerOctave = 4;
 // more than one keep the list as short as the live leases, at ~20 ns a look.
 constexpr int kPoolSweepPerAlloc = 4;
 
+// What V8 is told of a pooled output (pool.cc). V8 counts an external ArrayBuffer's bytes
+// as external memory and starts a full GC once 64 MiB more are allocated than at the last
+// one: 512 x 32000 f32 gradients (62.5 MiB) dropped without dispose() cost a mark-compact
+// every ~3 calls, with concurrent marking on the cores the kernel runs on. The pool's cap
+// already bounds these blocks, so while its in-use bytes stay below kPoolV8FullBelow x
+// cap, V8 is shown one byte in kPoolV8Share of each pooled block (the rest is taken off
+// its external-memory count with napi_adjust_external_memory, and settled at the next
+// pooled allocation after the block comes back); above, all of it, so V8 still collects
+// dropped outputs before the cap is reached. Measured (2026-12-06, node --trace-gc, 200
+// dropped forward KL calls at 512 x 32000 f32, 2 threads, after 60 warm-up calls):
+// V8 told everything: 66 mark-compacts, 179 ms of main-thread GC, 8.09 ms per call;
+// share 8: 39 mark-compacts, 101 ms, 6.70 ms per call (the kernel alone: ~5 ms). Share 16
+// with 3/4 of the cap was no better in the noise of this shared machine. Blocks over
+// 64 MiB still start a GC per call even with dispose() (V8 adds a block's whole size when
+// its ArrayBuffer is created, and checks its limit then).
+constexpr int kPoolV8Share = 8;
+constexpr double kPoolV8FullBelow = 0.5;
+
 // Alignment of pooled blocks: a cache line (and an AVX-512 register).
 constexpr int64_t kPoolAlign = 64;
 
