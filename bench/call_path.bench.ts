@@ -5,10 +5,9 @@
  *   the result dropped without dispose(). These loops never yield to the event loop, so
  *   finalizers never run: a block comes back when V8 has collected its ArrayBuffer (the
  *   pool watches them through weak references). Timed after 48 untimed calls
- *   (`steadyStateCalls`), once the pool holds the gradients V8 has yet to collect (up to
- *   ~10 at 512×32000: V8 sees 1/8 of a pooled block, native/common/tuning.h
- *   kPoolV8Share), as in a training loop after its first steps; the first calls fault in
- *   fresh pages (with 12, 4 of the timed calls still took a fresh block).
+ *   (`steadyStateCalls`), once the pool holds the gradients V8 has yet to collect (a few:
+ *   V8's scavenges find them, native/common/tuning.h kPoolV8FullBelow), as in a training
+ *   loop after its first steps; the first calls fault in fresh pages.
  * - forward-kl-default-dispose: the same, disposing the result each call (the gradient's
  *   block goes straight back to the pool and is reused next call, not zero-filled).
  * - jsd-default: jsd β = 0.5 with dispose, as forward-kl-default-dispose.

@@ -29,9 +29,9 @@ export interface CpuMemory {
   /**
    * Bytes of this thread's pooled outputs that V8's external-memory count leaves out. V8
    * starts a full GC whenever that count has grown by 64 MiB; the pool's cap already bounds
-   * its blocks, so V8 is shown 1/8 of each while the pool is under half its cap (all of it
-   * above), and dropped outputs do not cost a GC every few calls. Settled at the next pooled
-   * allocation after a block comes back.
+   * its blocks, so V8 is not shown them while the pool is under half its cap (all of them
+   * above), and dropped outputs are reclaimed by V8's scavenges instead of a full GC every
+   * few calls. Settled at the next pooled allocation after a block comes back.
    */
   v8HiddenBytes: number;
 }

@@ -90,9 +90,9 @@ describe('leaks (CPU)', () => {
   it('the output pool: 100,000 calls with 128 KiB gradients, disposed, dropped, and with the pool trimmed, keep memory flat', () => {
     const r = child(['pool', '100000'], 900_000) as Record<string, OpMem>;
     checkOps(r);
-    // V8 is shown a share of each pooled block (native/binding/pool.cc HideFromV8); what is
-    // taken off its count comes back with the block: after a GC and one disposed call, only
-    // that call's block's part (7/8 of 128 KiB) is still off, never more
+    // V8 is not shown pooled blocks under half the cap (native/binding/pool.cc HideFromV8);
+    // what is taken off its count comes back with the block: after a GC and one disposed
+    // call, only that call's 128 KiB block is still off, never more
     for (const [op, m] of Object.entries(r))
       for (const h of m.hiddenSteps) expect(h, `${op}: bytes left off V8's count at a checkpoint`).toBeLessThanOrEqual(128 * 1024);
     // disposed outputs are reused: each quarter starts from a trimmed pool, so it takes at

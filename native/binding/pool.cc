@@ -4,9 +4,8 @@
 // block at once; the ArrayBuffer's finalizer returns it when a tensor is collected
 // without dispose(). Each block handed out has one Lease; whichever of the two paths
 // comes first returns the block, the other finds the lease returned and does nothing.
-// V8 is shown only a share of each pooled block's bytes while the pool is far from its
-// cap (HideFromV8, tuning::kPoolV8Share), so dropped outputs do not start a full GC every
-// few calls.
+// V8 is not shown a pooled block's bytes while the pool is under half its cap (HideFromV8,
+// tuning::kPoolV8FullBelow), so dropped outputs do not start a full GC every few calls.
 #include "binding/pool.h"
 
 #include <napi.h>
@@ -191,9 +190,9 @@ std::unordered_map<void*, Lease*>& Leases() {
 }
 
 // The bytes of this thread's pooled blocks taken off V8's external-memory count
-// (tuning::kPoolV8Share): `held` by leases not yet returned, `applied` with
+// (tuning::kPoolV8FullBelow): `held` by leases not yet returned, `applied` with
 // napi_adjust_external_memory so far. A returned lease lowers `held` only; the difference
-// is applied at the next pooled allocation, together with that block's share. Giving the
+// is applied at the next pooled allocation, together with that block's bytes. Giving the
 // bytes back at once (a positive adjustment at every dispose()) made V8 check its limit
 // there and start a full GC per call even with dispose(), since V8 itself lowers its count
 // only when it has swept the detached ArrayBuffer.
@@ -208,8 +207,7 @@ HiddenBytes& Hidden() {
 
 // Called by PoolAlloc once the lease's ArrayBuffer exists (V8 has counted its bytes).
 void HideFromV8(napi_env env, Lease* l, const HostPool::Stats& st) {
-  if (double(st.in_use) <= tuning::kPoolV8FullBelow * double(st.cap))
-    l->hidden = int64_t(l->bytes) - int64_t(l->bytes) / tuning::kPoolV8Share;
+  if (double(st.in_use) <= tuning::kPoolV8FullBelow * double(st.cap)) l->hidden = int64_t(l->bytes);
   HiddenBytes& h = Hidden();
   h.held += l->hidden;
   const int64_t delta = h.held - h.applied;

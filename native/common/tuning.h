@@ -155,21 +155,21 @@ constexpr int kPoolClassesPerOctave = 4;
 constexpr int kPoolSweepPerAlloc = 4;
 
 // What V8 is told of a pooled output (pool.cc). V8 counts an external ArrayBuffer's bytes
-// as external memory and starts a full GC once 64 MiB more are allocated than at the last
-// one: 512 x 32000 f32 gradients (62.5 MiB) dropped without dispose() cost a mark-compact
-// every ~3 calls, with concurrent marking on the cores the kernel runs on. The pool's cap
-// already bounds these blocks, so while its in-use bytes stay below kPoolV8FullBelow x
-// cap, V8 is shown one byte in kPoolV8Share of each pooled block (the rest is taken off
-// its external-memory count with napi_adjust_external_memory, and settled at the next
-// pooled allocation after the block comes back); above, all of it, so V8 still collects
-// dropped outputs before the cap is reached. Measured (2026-12-06, node --trace-gc, 200
-// dropped forward KL calls at 512 x 32000 f32, 2 threads, after 60 warm-up calls):
-// V8 told everything: 66 mark-compacts, 179 ms of main-thread GC, 8.09 ms per call;
-// share 8: 39 mark-compacts, 101 ms, 6.70 ms per call (the kernel alone: ~5 ms). Share 16
-// with 3/4 of the cap was no better in the noise of this shared machine. Blocks over
-// 64 MiB still start a GC per call even with dispose() (V8 adds a block's whole size when
-// its ArrayBuffer is created, and checks its limit then).
-constexpr int kPoolV8Share = 8;
+// as external memory and starts incremental marking, then a full GC, once that count has
+// grown by 64 MiB from its lowest point since the last one: 512 x 32000 f32 gradients
+// (62.5 MiB) dropped without dispose() cost a mark-compact every ~3 calls, with
+// concurrent marking on the cores the kernel runs on. The pool's cap already bounds these
+// blocks, so while its in-use bytes stay at or below kPoolV8FullBelow x cap, a pooled
+// block is taken off V8's count (napi_adjust_external_memory, settled at the next pooled
+// allocation after the block comes back); above, V8 sees all of it and collects dropped
+// outputs before the cap is reached. Dropped outputs are then found by the scavenges V8
+// runs anyway (their ArrayBuffers die young), not by full GCs. Measured (2026-12-06,
+// node --trace-gc, 200 dropped forward KL calls at 512 x 32000 f32, 2 threads, after 60
+// warm-up calls): V8 told everything: 66 mark-compacts, 179 ms of main-thread GC, 8.09 ms
+// per call; told 1/8 of each block: 31-39 mark-compacts, 79-101 ms, 6.4-6.7 ms per call;
+// told nothing below half the cap: 0 mark-compacts, 26-46 ms, 5.3-6.4 ms per call, 3 fresh
+// blocks instead of 8. A single block over 64 MiB still starts a GC per call, disposed or
+// not: V8 adds its whole size when the ArrayBuffer is created and checks its limit then.
 constexpr double kPoolV8FullBelow = 0.5;
 
 // Alignment of pooled blocks: a cache line (and an AVX-512 register).
