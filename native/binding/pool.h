@@ -55,7 +55,11 @@ class HostPool {
 
  private:
   HostPool();
-  void TrimLocked(size_t keep, std::vector<void*>* to_free);
+  struct Block {
+    void* p;
+    size_t bytes;  // its class size
+  };
+  void TrimLocked(size_t keep, std::vector<Block>* to_free);
   std::mutex mu_;
   std::map<size_t, std::vector<void*>> idle_;  // class bytes -> idle blocks
   Stats st_;
