@@ -82,7 +82,10 @@ if [ "$BUILD" = 1 ]; then
 fi
 ADDON=$ROOT/$OUT/Release/kd_kernels.node
 ASAN_RT=$(gcc -print-file-name=libasan.so)
-if [ ! -f "$ASAN_RT" ] || ! ldd "$ADDON" | grep -q libasan || ! ldd "$ADDON" | grep -q libubsan; then
+# ldd's output captured first: under pipefail, `ldd | grep -q` fails whenever grep exits at
+# its first match before ldd has written the rest (SIGPIPE), which failed one CI run.
+LDD_OUT=$(ldd "$ADDON" 2>&1) || LDD_OUT=
+if [ ! -f "$ASAN_RT" ] || ! grep -q libasan <<<"$LDD_OUT" || ! grep -q libubsan <<<"$LDD_OUT"; then
   echo "sanitize: $ADDON is not an ASan + UBSan build, or libasan.so is missing ($ASAN_RT)"
   exit 1
 fi
