@@ -88,6 +88,20 @@ fn lse_value(a: vec2<f32>) -> f32 {
 export const COMMON_WGSL = commonWgsl(WG);
 
 /**
+ * native/common/topk.h's topk_order_key on f32 bits, and its inverse: larger key = larger
+ * value, every NaN above +inf, -0 as +0 (topk's radix select, sampleTeacher's row max).
+ */
+export const ORDER_KEY_WGSL = /* wgsl */ `
+fn order_key(u0: u32) -> u32 {
+  var u = u0;
+  if ((u & 0x7fffffffu) > 0x7f800000u) { return 0xffffffffu; }
+  if (u == 0x80000000u) { u = 0u; }
+  return select(u | 0x80000000u, ~u, (u & 0x80000000u) != 0u);
+}
+fn key_bits(key: u32) -> u32 { return select(~key, key & 0x7fffffffu, (key & 0x80000000u) != 0u); }
+`;
+
+/**
  * Fixed-order workgroup reductions (a halving tree over WG lanes). Each starts with a
  * barrier so the scratch can be reused back to back; every lane gets the result.
  * Must be called from uniform control flow by the whole workgroup.

@@ -78,7 +78,7 @@
  * + WG u64 prefix sums and the 2 KiB reduction scratch (12 KiB at WG = 256, SUB = 4).
  */
 import { SAMPLE_SUBCHUNKS } from '../tuning.js';
-import { COMMON_WGSL, REDUCE_WGSL } from './common.wgsl.js';
+import { COMMON_WGSL, ORDER_KEY_WGSL, REDUCE_WGSL } from './common.wgsl.js';
 
 /** The pipeline cache key: one pipeline for every dtype and output set (see below). */
 export const SAMPLE_TEACHER_KEY = 'sampleTeacher';
@@ -313,6 +313,7 @@ fn sample_prop(a: u32, shift: u32) -> Prop {
 export function sampleTeacherWgsl(): string {
   return /* wgsl */ `
 ${COMMON_WGSL}
+${ORDER_KEY_WGSL}
 ${REDUCE_WGSL}
 ${U64_WGSL}
 ${SOFT_FMA_WGSL}
@@ -351,14 +352,6 @@ fn load_bits(e: u32) -> u32 {
   return f16_bits_to_f32_bits(h);
 }
 
-// topk's order key: larger key = larger value; every NaN above +inf; -0 as +0.
-fn order_key(u0: u32) -> u32 {
-  var u = u0;
-  if ((u & 0x7fffffffu) > 0x7f800000u) { return 0xffffffffu; }
-  if (u == 0x80000000u) { u = 0u; }
-  return select(u | 0x80000000u, ~u, (u & 0x80000000u) != 0u);
-}
-fn key_bits(key: u32) -> u32 { return select(~key, key & 0x7fffffffu, (key & 0x80000000u) != 0u); }
 
 // q_j of an element (bits xb) given the row max m and c (bits); r_j as an f32.
 fn element_prop(xb: u32, m: u32) -> Prop {

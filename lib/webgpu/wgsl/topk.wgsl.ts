@@ -30,7 +30,7 @@
  * A row whose max is NaN or ±inf has no distribution: tail and log-probs NaN (k = V:
  * tail −inf first), as on the CPU.
  */
-import { COMMON_WGSL, REDUCE_WGSL, TO16_WGSL, arrayType, loadFn, storeFn, type WgslDType } from './common.wgsl.js';
+import { COMMON_WGSL, ORDER_KEY_WGSL, REDUCE_WGSL, TO16_WGSL, arrayType, loadFn, storeFn, type WgslDType } from './common.wgsl.js';
 
 export interface TopkVariant {
   xDtype: WgslDType;
@@ -47,6 +47,7 @@ export function topkWgsl(v: TopkVariant): string {
   const rawCopy16 = v16 && v.valuesDtype === v.xDtype;
   return /* wgsl */ `
 ${COMMON_WGSL}
+${ORDER_KEY_WGSL}
 ${REDUCE_WGSL}
 ${v16 ? TO16_WGSL : ''}
 struct Params {
@@ -76,16 +77,6 @@ var<workgroup> sel: vec3<u32>;   // the chosen digit, the rank left, the digit's
 var<workgroup> kmax: atomic<u32>;
 var<workgroup> cnt: atomic<u32>;
 
-// native/common/topk.h's topk_order_key and its inverse.
-fn order_key(x: f32) -> u32 {
-  var u = bitcast<u32>(x);
-  if ((u & 0x7fffffffu) > 0x7f800000u) { return 0xffffffffu; }
-  if (u == 0x80000000u) { u = 0u; }
-  return select(u | 0x80000000u, ~u, (u & 0x80000000u) != 0u);
-}
-fn key_value(key: u32) -> f32 {
-  return bitcast<f32>(select(~key, key & 0x7fffffffu, (key & 0x80000000u) != 0u));
-}
 // (ka, ia) ranks above (kb, ib): larger key, or the same key and a lower index.
 fn above(ka: u32, ia: u32, kb: u32, ib: u32) -> bool {
   return ka > kb || (ka == kb && ia < ib);
@@ -119,7 +110,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     workgroupBarrier();
     var lmax = 0u;
     for (var j = tid; j < V; j += WG) {
-      let key = order_key(load_x(xb + j));
+      let key = order_key(bitcast<u32>(load_x(xb + j)));
       lmax = max(lmax, key);
       if ((key & pmask) == prefix) { atomicAdd(&hist[(key >> shift) & 255u], 1u); }
     }
@@ -155,7 +146,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       atomicStore(&hist[tid], 0u);
       workgroupBarrier();
       for (var j = tid; j < V; j += WG) {
-        if ((j & im) == ip && order_key(load_x(xb + j)) == kth) { atomicAdd(&hist[(j >> shift) & 255u], 1u); }
+        if ((j & im) == ip && order_key(bitcast<u32>(load_x(xb + j))) == kth) { atomicAdd(&hist[(j >> shift) & 255u], 1u); }
       }
       workgroupBarrier();
       if (tid == 0u) {
@@ -177,12 +168,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
 
   // ---- 3. collect the k winners; online log-sum-exp of the tail ----------------------
-  let m = key_value(atomicLoad(&kmax));   // the row max (NaN if any NaN)
+  let m = bitcast<f32>(key_bits(atomicLoad(&kmax)));   // the row max (NaN if any NaN)
   let finite = is_finite(m);
   var tail = lse_empty();
   for (var j = tid; j < V; j += WG) {
     let x = load_x(xb + j);
-    let key = order_key(x);
+    let key = order_key(bitcast<u32>(x));
     if (key > kth || (key == kth && j <= last)) {
       let slot = atomicAdd(&cnt, 1u);
       if (slot < MAXK) { skey[slot] = key; sidx[slot] = j; }
@@ -212,7 +203,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
   // ---- S_top, the tail and log S ------------------------------------------------------
   var st = 0.0;
-  if (finite) { for (var s = tid; s < K; s += WG) { st += exp0((key_value(skey[s]) - m) * it); } }
+  if (finite) { for (var s = tid; s < K; s += WG) { st += exp0((bitcast<f32>(key_bits(skey[s])) - m) * it); } }
   let s_top = wg_sum(tid, st);
   let tl = wg_lse(tid, tail);
   let a = log(s_top);                 // >= 0: the max itself is in the top k
