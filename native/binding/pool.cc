@@ -77,7 +77,7 @@ size_t HostPool::ClassBytes(size_t bytes) {
   return c;
 }
 
-void* HostPool::Acquire(size_t bytes, bool* oom) {
+void* HostPool::Acquire(size_t bytes, bool* oom, size_t* in_use, size_t* cap) {
   *oom = false;
   const size_t cls = ClassBytes(bytes);
   std::vector<Block> to_free;
@@ -101,6 +101,8 @@ void* HostPool::Acquire(size_t bytes, bool* oom) {
       st_.in_use += cls;  // reserved; allocated below, outside the lock
       st_.fresh++;
     }
+    *in_use = st_.in_use;
+    *cap = st_.cap;
   }
   for (const Block& f : to_free) FreeBlock(f.p, f.bytes);
   if (!p) {
@@ -239,9 +241,10 @@ HiddenBytes& Hidden() {
   return h;
 }
 
-// Called by PoolAlloc once the lease's ArrayBuffer exists (V8 has counted its bytes).
-void HideFromV8(napi_env env, Lease* l, const HostPool::Stats& st) {
-  if (double(st.in_use) <= tuning::kPoolV8FullBelow * double(st.cap)) l->hidden = int64_t(l->bytes);
+// Called by PoolAlloc once the lease's ArrayBuffer exists (V8 has counted its bytes), with
+// the pool's in-use bytes and cap as Acquire left them.
+void HideFromV8(napi_env env, Lease* l, size_t in_use, size_t cap) {
+  if (double(in_use) <= tuning::kPoolV8FullBelow * double(cap)) l->hidden = int64_t(l->bytes);
   HiddenBytes& h = Hidden();
   h.held += l->hidden;
   const int64_t delta = h.held - h.applied;
@@ -311,7 +314,8 @@ Napi::Value PoolAlloc(const Napi::CallbackInfo& info) {
   if (bytes == 0 || bytes < pool.GetStats().min_bytes) return env.Undefined();
   Sweep(env, tuning::kPoolSweepPerAlloc);
   bool oom = false;
-  void* p = pool.Acquire(bytes, &oom);
+  size_t in_use = 0, cap = 0;
+  void* p = pool.Acquire(bytes, &oom, &in_use, &cap);
   if (oom) Throw(env, "KD_ENOMEM", "cannot allocate " + std::to_string(HostPool::ClassBytes(bytes)) + " bytes for an output");
   if (!p) return env.Undefined();
   auto* lease = new Lease{p, bytes, env};
@@ -330,7 +334,7 @@ Napi::Value PoolAlloc(const Napi::CallbackInfo& info) {
   }, lease);
   if (napi_create_reference(env, ab, 0, &lease->weak) != napi_ok) lease->weak = nullptr;
   outstanding.q.push_back(lease);
-  HideFromV8(env, lease, pool.GetStats());
+  HideFromV8(env, lease, in_use, cap);
   return ab;
 }
 

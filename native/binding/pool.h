@@ -40,8 +40,9 @@ class HostPool {
   static size_t ClassBytes(size_t bytes);
 
   // A block of ClassBytes(bytes) bytes, or nullptr when the cap does not allow it.
-  // Sets *oom when the system allocator failed (the caller reports KD_ENOMEM).
-  void* Acquire(size_t bytes, bool* oom);
+  // Sets *oom when the system allocator failed (the caller reports KD_ENOMEM), and
+  // *in_use / *cap to the in-use bytes (this block included) and the cap.
+  void* Acquire(size_t bytes, bool* oom, size_t* in_use, size_t* cap);
   // Returns a block taken with Acquire(bytes): kept idle if the cap allows, else freed.
   void Release(void* p, size_t bytes);
   // Frees idle blocks until at most keep bytes stay idle.
