@@ -7,6 +7,7 @@ import * as kd from '../lib/index.js';
 import { caseName, check, type DivCase } from './divergence_cases.js';
 import type { Divergence } from './reference/divergences.js';
 import { encodeDtype, type FloatDType } from './reference/common.js';
+import { binding } from '../lib/native.js';
 
 const DIVS: { divergence: Divergence; beta?: number; skew?: number }[] = [
   { divergence: 'forward-kl' },
@@ -245,4 +246,78 @@ describe('streamed gradients (>= 16 MiB) at any alignment equal the plain-store 
           expect(outside.every((x) => x === SENTINEL[dtype]), `offset ${off}: written outside the gradient`).toBe(true);
         }
       });
+});
+
+/**
+ * The CPU kernels exist per ISA level (native/cpu: AVX-512, AVX2 and generic builds of
+ * the same sources, with intrinsics paths at AVX-512 and AVX2 and, below AVX-512, forward
+ * KL's loss from the first pass). The suite above runs the best level this machine has;
+ * here every level it supports runs the divergence tables against the float64 reference.
+ */
+describe('every CPU ISA level (AVX-512, AVX2, generic) agrees with the reference', () => {
+  const LEVEL_SCENARIOS: Partial<DivCase>[] = [
+    {},
+    { temperature: 2, labels: 'some-ignored', reduction: 'sum', weights: true },
+    { teacherKind: 'logprobs', grad: 'given', gradDtype: 'f32' },
+    { negInf: true, grad: 'inplace', temperature: 0.7 },
+    { vt: 1300, ldS: 1280, ldT: 1310, reduction: 'none', gradScale: -2 },
+  ];
+  const levels = (): string[] => {
+    const b = binding();
+    const best = kd.backends().cpu.simd;
+    const out = ['avx512', 'avx2', 'generic'].filter((isa) => b.setIsa(isa));
+    b.setIsa(best);
+    return out;
+  };
+  const atLevel = (isa: string, f: () => void): void => {
+    const b = binding();
+    const best = kd.backends().cpu.simd;
+    expect(b.setIsa(isa)).toBe(true);
+    try {
+      f();
+    } finally {
+      b.setIsa(best);
+    }
+  };
+
+  it('runs at least the generic level and the best one', () => {
+    const l = levels();
+    expect(l).toContain('generic');
+    expect(l).toContain(kd.backends().cpu.simd);
+  });
+
+  for (const isa of ['avx512', 'avx2', 'generic'])
+    for (const dtype of DTYPES)
+      it(`${isa}: every divergence, ${dtype}, 9×1271 and 2×32000`, (ctx) => {
+        if (!levels().includes(isa)) return ctx.skip();
+        atLevel(isa, () => {
+          for (const d of DIVS) {
+            for (const sc of LEVEL_SCENARIOS) expectPass({ n: 9, v: 1271, sDtype: dtype, ...d, ...sc });
+            expectPass({ n: 2, v: 32000, sDtype: dtype, ...d, temperature: 1.5 });
+          }
+          for (const d of DIVS.slice(0, 3)) expectPass({ n: 5, v: 777, sDtype: dtype, ...d, labels: 'some-ignored', hardWeight: 0.5, softWeight: 0.5, labelSmoothing: 0.1 });
+        });
+      });
+
+  // Forward KL's loss below AVX-512 is sum_b c_b (X_b / T + S_b K_b) from the first pass
+  // (cpu/divergence.cc fkl_cross_block): for a teacher that is the student shifted by a
+  // large constant, KL = 0 exactly, and the two parts must cancel to within f32 rounding
+  // of the log-probs (not of the shift).
+  it('forward KL of a shifted copy is 0 at every level, for shifts up to 2^12', () => {
+    const n = 6, v = 3001;
+    const s = Float32Array.from({ length: n * v }, (_, i) => Math.round(Math.sin(i * 0.37) * 256) / 64); // k/64 in [-4, 4]
+    for (const isa of levels())
+      atLevel(isa, () => {
+        for (const c of [0, 1, 1000, 4096]) {
+          const t = s.map((x) => x + c); // exact in f32 (17 significant bits)
+          for (const T of [1, 2]) {
+            const r = kd.klDiv(kd.tensor(s, [n, v]), kd.tensor(t, [n, v]), { temperature: T, reduction: 'none' });
+            const tol = 64 * 2 ** -24 * (4 / T + Math.log(v) + 1) * T * T;
+            for (const x of r.loss.toArray()) if (!(Math.abs(x) <= tol)) throw new Error(`${isa} shift ${c} T=${T}: per-token KL ${x}, want |KL| <= ${tol}`);
+            const g = r.grad!.toArray();
+            for (let j = 0; j < g.length; j++) if (!(Math.abs(g[j]!) <= 1e-6)) throw new Error(`${isa} shift ${c} T=${T}: grad[${j}] = ${g[j]}`);
+          }
+        }
+      });
+  });
 });

@@ -28,13 +28,16 @@
 //      at a time inside the exp loop. The block sums are combined in double into log S
 //      and per-block scales c_b (q_j = e_j c_b). (+ e^(z_j - blockmax) for CE when
 //      T != 1; at T = 1 the CE's q0 is q itself.)
-//   B  forward KL: loss terms and the gradient in the same sweep (it needs no row sum).
+//   B  forward KL: loss terms and the gradient in the same sweep (it needs no row sum);
+//      below AVX-512 the loss comes from pass A's block sums instead (fkl_cross_block)
+//      and pass B writes the gradient from e_q and e_p alone (kFklLossInPassA).
 //      Others: D and G = sum q g, with g_j stored over the teacher's scratch row.
 //   C  (the G divergences, with a gradient) dz_j from e_j and the stored g_j.
 // So each element costs 2 exp (+1 log for jsd / skew, +1 exp for CE at T != 1), not the
 // 4 of recomputing both softmaxes in a second pass. exp / log are our own (cpu/row.h):
 // branchless polynomials that GCC vectorises without -ffast-math, and at AVX-512 the exp
-// pass in intrinsics (vscalefps). The element loops take __restrict L1 blocks and write
+// pass in intrinsics (vscalefps), at AVX2 too (8 exps in flight per lane group, the
+// sum in the same loop). The element loops take __restrict L1 blocks and write
 // per-element terms that fixed-lane vector sums reduce. bf16 rows are read in place;
 // f16 ones are converted to an L1 block. Gradients of >= kCpuStreamBytes go out with
 // streaming stores (no read-for-ownership); bf16 ones through the AVX512-BF16
@@ -46,7 +49,7 @@
 // bound there (pass A's two exps per element dominate), so bf16's halved bytes buy little
 // and its widening costs count: at AVX-512 bf16 blocks are widened with one vpermw (row.h
 // load16), their block max is taken on even/odd lanes without widening (row.h
-// max_block), and pass B of bf16 forward KL (fkl_block_bf16) and of jsd (jsd_block16) is
+// max_block), and pass B of bf16 forward KL (fkl_block_bf16) and of jsd (jsd_block16; jsd_block8 at AVX2) is
 // in intrinsics with the row sums in registers.
 //
 // Determinism: every row sum is taken in fixed lanes (kCpuLanes x kCpuRowChains) per
@@ -97,7 +100,7 @@ struct Plan {
 };
 
 // Scratch layout (row.h Scratch): rows e_q, e_p (then g), e_0; per-block arrays below.
-enum Blk { kQMax, kQSum, kQScale, kPMax, kPSum, kPScale, k0Sum, k0Scale, kZCen };
+enum Blk { kQMax, kQSum, kQScale, kPMax, kPSum, kPScale, k0Sum, k0Scale, kZCen, kCross };
 
 // Adds the CE gradient to one staged gradient block: a2 q0_j - a2 eps/V, and -a2 (1-eps)
 // at the label.
@@ -330,6 +333,131 @@ KD_ROW_INLINE float fkl_block_bf16(const uint16_t* __restrict z, const uint16_t*
 }
 #endif
 
+#if defined(KD_ISA_avx2)
+// jsd at AVX2: jsd_block16's scheme on 8 lanes (same formulas, operation order and FMA
+// contractions as gdiv_block / log_normal_f, so the same g_j, G and, up to D's
+// regrouping, D): the two row sums in registers in sum_block's lanes (8 vectors), no term
+// rows and no extra sweeps, the beta weighting taken per block. The tail of a block
+// (n % kSumLanes elements, the last block of a row) goes lane by lane, in scalar code.
+KD_ROW_INLINE __m256 bc8(float x) { return _mm256_set1_ps(x); }
+KD_ROW_INLINE __m256 log_normal8(__m256 x) {  // log_normal_f on 8 lanes
+  const __m256i ix = _mm256_add_epi32(_mm256_castps_si256(x), _mm256_set1_epi32(0x3f800000 - 0x3f3504f3));
+  const __m256 kf = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(ix, 23), _mm256_set1_epi32(0x7f)));
+  const __m256 f = _mm256_sub_ps(
+      _mm256_castsi256_ps(_mm256_add_epi32(_mm256_and_si256(ix, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x3f3504f3))),
+      bc8(1.0f));
+  __m256 y = bc8(-1.0082233e-1f);
+  y = _mm256_fmadd_ps(y, f, bc8(1.6180466e-1f));
+  y = _mm256_fmadd_ps(y, f, bc8(-1.7243253e-1f));
+  y = _mm256_fmadd_ps(y, f, bc8(1.9906887e-1f));
+  y = _mm256_fmadd_ps(y, f, bc8(-2.4971227e-1f));
+  y = _mm256_fmadd_ps(y, f, bc8(3.3334714e-1f));
+  y = _mm256_fmadd_ps(y, f, bc8(-5.0000320e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(f, f), f);
+  return _mm256_add_ps(_mm256_fmadd_ps(kf, bc8(0.693147182464599609375f), y), _mm256_sub_ps(x, x));
+}
+KD_ROW_INLINE __m256 mul0_8(__m256 x, __m256 y) {  // mul0: x == 0 ? 0 : x * y
+  return _mm256_and_ps(_mm256_mul_ps(x, y), _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_NEQ_UQ));
+}
+template <bool UNIT>
+KD_ROW_INLINE __m256 log_softmax8(__m256 x, __m256 m, __m256 it, __m256 ls) {
+  if constexpr (UNIT) return _mm256_sub_ps(_mm256_sub_ps(x, m), ls);
+  else return _mm256_fmsub_ps(_mm256_sub_ps(x, m), it, ls);
+}
+
+// Pass B of jsd over one block (see jsd_block16): returns A = sum_j mul0(p_j, lp_j - lm_j),
+// sets *gsum = G = sum_j mul0(q_j, lq_j - lm_j); (KEEP_G) g_j = lq_j - lm_j over e_p.
+template <bool KEEP_G, bool UNIT, class Z, class T>
+KD_ROW_INLINE float jsd_block8(const Z* __restrict z, const T* __restrict t, const float* __restrict eq,
+                               float* __restrict ep, int64_t n, float cq, float cp, const RowConst& k, float* gsum) {
+  const __m256 vcq = bc8(cq), vcp = bc8(cp), mq = bc8(k.mq), lsq = bc8(k.lsq), mp = bc8(k.mp), lsp = bc8(k.lsp),
+               it = bc8(k.inv_t), beta = bc8(k.beta), omb = bc8(1.0f - k.beta), tiny = bc8(kTinyMixture);
+  __m256 at[kVecs], ag[kVecs];
+  for (int v = 0; v < kVecs; ++v) at[v] = ag[v] = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + kSumLanes <= n; j += kSumLanes) {
+#pragma GCC unroll 8
+    for (int v = 0; v < kVecs; ++v) {
+      const int64_t o = j + v * 8;
+      const __m256 q = _mm256_mul_ps(_mm256_loadu_ps(eq + o), vcq), p = _mm256_mul_ps(_mm256_loadu_ps(ep + o), vcp);
+      const __m256 lq = log_softmax8<UNIT>(load8(z + o), mq, it, lsq), lp = log_softmax8<UNIT>(load8(t + o), mp, it, lsp);
+      const __m256 m = _mm256_max_ps(tiny, _mm256_fmadd_ps(p, beta, _mm256_mul_ps(q, omb)));  // a NaN passes
+      const __m256 lm = _mm256_blendv_ps(lq, log_normal8(m), _mm256_cmp_ps(lq, lp, _CMP_NEQ_UQ));
+      const __m256 g = _mm256_sub_ps(lq, lm);
+      at[v] = _mm256_add_ps(at[v], mul0_8(p, _mm256_sub_ps(lp, lm)));
+      ag[v] = _mm256_add_ps(ag[v], mul0_8(q, g));
+      if constexpr (KEEP_G) _mm256_storeu_ps(ep + o, g);
+    }
+  }
+  float ta[kSumLanes], tg[kSumLanes];
+  const int64_t nt = n - j;
+  for (int64_t l = 0; l < nt; ++l) {  // the tail, element by element (gdiv_block's formulas)
+    const float q = eq[j + l] * cq, p = ep[j + l] * cp;
+    const float lq = log_softmax_at<UNIT>(ldf(z, j + l), k.mq, k.inv_t, k.lsq);
+    const float lp = log_softmax_at<UNIT>(ldf(t, j + l), k.mp, k.inv_t, k.lsp);
+    float m = div_mixture(kJsd, p, q, k.beta, 0.0f);
+    m = m < kTinyMixture ? kTinyMixture : m;
+    const float lm = lq == lp ? lq : log_normal_f(m);
+    ta[l] = mul0(p, lp - lm);
+    tg[l] = mul0(q, lq - lm);
+    if constexpr (KEEP_G) ep[j + l] = lq - lm;
+  }
+  *gsum = lanes_total(ag, tg, nt);
+  return lanes_total(at, ta, nt);
+}
+#endif
+
+// Forward KL's loss from the first pass (all but AVX-512, see kFklLossInPassA). With
+// the block shifts s^q_b, s^p_b (block maxima) and the row's m_q, m_p, log S_q, log S_p:
+//   lp_j - lq_j = [(t_j - s^p_b) - (z_j - s^q_b)]/T + K_b,
+//   K_b = [(s^p_b - m_p) - (s^q_b - m_q)]/T - log S_p + log S_q
+// so D = sum_b c^p_b (X_b / T + S^p_b K_b), with X_b = sum_j e^p_j [(t_j - s^p_b) -
+// (z_j - s^q_b)] taken here while both blocks and e^p are in L1, S^p_b = sum_j e^p_j and
+// c^p_b the block's scale (p_j = e^p_j c^p_b). Every difference is relative to a block
+// or row maximum, so large logits cost no precision (the same rounding scale as
+// lp_j - lq_j element by element). e^p_j = 0 contributes exactly 0 (mul0: no 0 * inf for
+// a -inf logit). The sum is in sum_block's fixed lanes.
+template <class Z, class T>
+KD_ROW_INLINE float fkl_cross_block(const Z* __restrict z, const T* __restrict t, const float* __restrict ep,
+                                    int64_t n, float sz, float st) {
+  vnat acc[kVecs] = {};
+  int64_t j = 0;
+  for (; j + kSumLanes <= n; j += kSumLanes)
+    for (int k = 0; k < kVecs; ++k) {
+      const int64_t at = j + k * kVecWidth;
+      const vnat e = vload(ep + at), d = (vload(t + at) - st) - (vload(z + at) - sz);
+      acc[k] += e * (e != 0.0f ? d : vnat{});
+    }
+  float b[kSumLanes];
+  std::memcpy(b, acc, sizeof b);
+  for (int64_t l = 0; j + l < n; ++l) b[l] += mul0(ep[j + l], (ldf(t, j + l) - st) - (ldf(z, j + l) - sz));
+  return lane_tree_sum(b);
+}
+
+// The forward KL gradient of one block from the cached exps alone: a1 (q_j sum_p - p_j),
+// q_j sum_p = e^q_j (c^q_b sum_p), p_j = e^p_j c^p_b (the same values as fkl_block's).
+template <class G>
+KD_ROW_INLINE void fkl_grad_block(const float* __restrict eq, const float* __restrict ep, int64_t n, float cqs,
+                                  float cp, float a1, G* __restrict g) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float p = ep[j] * cp;
+    stf(g, j, a1 * (eq[j] * cqs - p));
+  }
+}
+
+// Where forward KL takes its loss. AVX-512 keeps the loss in pass B (fkl_block /
+// fkl_block_bf16, tuned and measured on Zen 4: pass B reads z and t again from L2, which
+// holds a 32000-wide row's ~16V bytes there). Elsewhere the loss comes from pass A
+// (fkl_cross_block) and pass B only writes the gradient from e^q and e^p: it reads half
+// the bytes (a row's inputs and exps, 16V bytes, overflow Zen 3's 512 KiB L2 at V = 32000)
+// and does a third of the work, and a call without a gradient has no pass B at all.
+// Measured (Zen 3, AVX2, 512 x 32000, 2 threads): see the commit and BENCHMARKS.md.
+#if defined(KD_ISA_avx512)
+constexpr bool kFklLossInPassA = false;
+#else
+constexpr bool kFklLossInPassA = true;
+#endif
+
 template <int DIV, bool GRAD>
 void row_kernel(const Plan& P, int64_t i, int64_t next, Scratch& S) {
   const DivergenceArgs& a = *P.a;
@@ -365,19 +493,28 @@ void row_kernel(const Plan& P, int64_t i, int64_t next, Scratch& S) {
     with_block(zrow, a.s_dtype, off, n, S.zbuf, [&](const auto* z) {
       const float mz = max_block(z, n), sz = block_shift(mz);
       blk[kQMax][b] = mz;
-      blk[kQSum][b] = exp_store(z, n, sz, inv_t, eq + off, prefetch_ahead(zrow, a.s_dtype, off, v));
+      blk[kQSum][b] = exp_store(z, n, sz, inv_t, eq + off, prefetch_ahead(zrow, a.s_dtype, off, v), true);
       if (own_q0) {
         float* e = GRAD && P.use_hard ? e0 + off : S.tmp[0];
-        blk[k0Sum][b] = exp_store(z, n, sz, 1.0f, e);
+        blk[k0Sum][b] = exp_store(z, n, sz, 1.0f, e, {}, true);
       }
       if (cen) blk[kZCen][b] = centered_sum(z, n, sz);
     });
     if (kHasDiv) {
       with_block(trow, a.t_dtype, off, n, S.tbuf, [&](const auto* t) {
         const float mt = P.t_raw ? 0.0f : max_block(t, n);
+        const float st = P.t_raw ? 0.0f : block_shift(mt);
         blk[kPMax][b] = mt;
-        blk[kPSum][b] = exp_store(t, n, P.t_raw ? 0.0f : block_shift(mt), P.t_raw ? 1.0f : inv_t, ep + off,
-                                  prefetch_ahead(trow, a.t_dtype, off, v));
+        blk[kPSum][b] = exp_store(t, n, st, P.t_raw ? 1.0f : inv_t, ep + off,
+                                  prefetch_ahead(trow, a.t_dtype, off, v), !P.t_raw);
+        if constexpr (DIV == kForwardKl && kFklLossInPassA) {
+          // z's block, still in L1: in place (f32, bf16), or as staged in S.zbuf above (f16)
+          const float sz = block_shift(blk[kQMax][b]);
+          if (a.s_dtype == kF16) blk[kCross][b] = fkl_cross_block(static_cast<const float*>(S.zbuf), t, ep + off, n, sz, st);
+          else with_block(zrow, a.s_dtype, off, n, S.zbuf, [&](const auto* z) {
+            blk[kCross][b] = fkl_cross_block(z, t, ep + off, n, sz, st);
+          });
+        }
       });
     }
   }
@@ -465,7 +602,36 @@ void row_kernel(const Plan& P, int64_t i, int64_t next, Scratch& S) {
   double L = 0.0;
   NextRowPrefetch pf_next(a.s, a.s_dtype, a.lds, kHasDiv ? a.t : nullptr, a.t_dtype, a.ldt, next, v, nb);
 
-  if constexpr (DIV == kForwardKl) {
+  if constexpr (DIV == kForwardKl && kFklLossInPassA) {
+    // ---- the loss from pass A's block sums (fkl_cross_block), in double ----------------
+    const double it = inv_t, mz = sq.m, mt = sp.m, lsq = sq.log_s, lsp = sp.log_s;
+    for (int64_t b = 0; b < nb; ++b) {
+      const double cp = blk[kPScale][b], sp_b = blk[kPSum][b];
+      if (cp == 0.0 || sp_b == 0.0) continue;  // p_j = 0 on the whole block: no term (mul0)
+      const double st = P.t_raw ? 0.0 : double(block_shift(blk[kPMax][b])), sz = block_shift(blk[kQMax][b]);
+      const double k_b = it * ((st - mt) - (sz - mz)) - lsp + lsq;
+      L += cp * (it * double(blk[kCross][b]) + sp_b * k_b);
+    }
+    // ---- pass B: the gradient from e^q and e^p alone ---------------------------------
+    if (GRAD) {
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t off = b * kBlock, n = std::min(kBlock, v - off);
+        pf_next.step();
+        const float cqs = blk[kQScale][b] * sum_p, cp = blk[kPScale][b];
+        if (g_b16) {
+          uint16_t* hb = g16(false, off);
+          fkl_grad_block(eq + off, ep + off, n, cqs, cp, a1, hb);
+          flush16(hb, off, n);
+          continue;
+        }
+        float* gb = g32(false, off);
+        if (div_grad_on) fkl_grad_block(eq + off, ep + off, n, cqs, cp, a1, gb);
+        else std::fill(gb, gb + n, 0.0f);
+        if (ce_grad) ceg.add(gb, b, off, n);
+        flush32(gb, off, n);
+      }
+    }
+  } else if constexpr (DIV == kForwardKl) {
     // ---- pass B: loss and gradient in one sweep --------------------------------------
     for (int64_t b = 0; b < nb; ++b) {
       const int64_t off = b * kBlock, n = std::min(kBlock, v - off);
@@ -511,11 +677,16 @@ void row_kernel(const Plan& P, int64_t i, int64_t next, Scratch& S) {
       with_blocks(zrow, a.s_dtype, trow, a.t_dtype, off, n, S, [&](const auto* z, const auto* t) {
         with_unit(inv_t, [&](auto unit) {
           const float cq = blk[kQScale][b], cp = blk[kPScale][b];
-#if defined(KD_ISA_avx512)
+#if defined(KD_ISA_avx512) || defined(KD_ISA_avx2)
           if constexpr (DIV == kJsd) {
             float gs = 0.0f;
+#if defined(KD_ISA_avx512)
             const float pa = div_grad_on ? jsd_block16<true, unit()>(z, t, eq + off, ep + off, n, cq, cp, rc, &gs)
                                          : jsd_block16<false, unit()>(z, t, eq + off, ep + off, n, cq, cp, rc, &gs);
+#else
+            const float pa = div_grad_on ? jsd_block8<true, unit()>(z, t, eq + off, ep + off, n, cq, cp, rc, &gs)
+                                         : jsd_block8<false, unit()>(z, t, eq + off, ep + off, n, cq, cp, rc, &gs);
+#endif
             L += double(P.beta) * double(pa) + (1.0 - double(P.beta)) * double(gs);
             G += double(gs);
             return;
@@ -527,8 +698,8 @@ void row_kernel(const Plan& P, int64_t i, int64_t next, Scratch& S) {
             gdiv_block<DIV, false, unit()>(z, t, eq + off, ep + off, n, cq, cp, rc, S.tmp[0], S.tmp[1]);
         });
       });
-#if defined(KD_ISA_avx512)
-      if constexpr (DIV == kJsd) continue;  // summed in jsd_block16
+#if defined(KD_ISA_avx512) || defined(KD_ISA_avx2)
+      if constexpr (DIV == kJsd) continue;  // summed in jsd_block16 / jsd_block8
 #endif
       L += double(sum_block(S.tmp[0], n));
       if (div_grad_on) G += double(sum_block(S.tmp[1], n));
