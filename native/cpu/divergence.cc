@@ -439,7 +439,17 @@ KD_ROW_INLINE float fkl_cross_block(const Z* __restrict z, const T* __restrict t
 template <class G>
 KD_ROW_INLINE void fkl_grad_block(const float* __restrict eq, const float* __restrict ep, int64_t n, float cqs,
                                   float cp, float a1, G* __restrict g) {
-  for (int64_t j = 0; j < n; ++j) {
+  int64_t j = 0;
+#if defined(KD_ISA_avx2)
+  if constexpr (std::is_same_v<G, uint16_t>) {  // bf16 out: rounded and packed 16 at a time
+    const __m256 vcqs = _mm256_set1_ps(cqs), vcp = _mm256_set1_ps(cp), va1 = _mm256_set1_ps(a1);
+    auto g8 = [&](int64_t o) {
+      return _mm256_mul_ps(va1, _mm256_fmsub_ps(_mm256_loadu_ps(eq + o), vcqs, _mm256_mul_ps(_mm256_loadu_ps(ep + o), vcp)));
+    };
+    for (; j + 16 <= n; j += 16) store_bf16x16(g + j, g8(j), g8(j + 8));
+  }
+#endif
+  for (; j < n; ++j) {
     const float p = ep[j] * cp;
     stf(g, j, a1 * (eq[j] * cqs - p));
   }

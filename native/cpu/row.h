@@ -222,6 +222,24 @@ KD_ROW_INLINE uint16_t bf16_rne(float f) {
 }
 KD_ROW_INLINE void stf(float* p, int64_t j, float x) { p[j] = x; }
 KD_ROW_INLINE void stf(uint16_t* p, int64_t j, float x) { p[j] = bf16_rne(x); }
+#if defined(KD_ISA_avx2)
+// bf16_rne on 16 values, stored as 16 bf16: the same rounding bit for bit (a NaN: its top
+// 16 bits with the quiet bit set), ~9 operations per 8 values against GCC's ~18 for the
+// scalar select vectorised (which also repacks through two blends).
+KD_ROW_INLINE __m256i bf16_rne8(__m256 x) {  // in the low 16 bits of each 32-bit lane
+  const __m256i u = _mm256_castps_si256(x);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb);
+  const __m256i q = _mm256_or_si256(u, _mm256_set1_epi32(0x00400000));
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+  return _mm256_srli_epi32(_mm256_blendv_epi8(r, q, nan), 16);
+}
+KD_ROW_INLINE void store_bf16x16(uint16_t* dst, __m256 lo, __m256 hi) {
+  // packus works within 128-bit halves: [lo 0-3, hi 0-3 | lo 4-7, hi 4-7] -> qwords 0 2 1 3
+  const __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(bf16_rne8(lo), bf16_rne8(hi)), 0xd8);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), p);
+}
+#endif
 
 // log softmax(x/T)_j = (x_j - m)/T - log S, with m the raw row max (x_j - m first: exact
 // for large logits). UNIT (T = 1) skips the multiply, bit-identically: the FMA of
@@ -403,10 +421,13 @@ KD_ROW_INLINE void store_block(const float* __restrict src, int64_t n, int32_t d
   }
   uint16_t* __restrict h = static_cast<uint16_t*>(rowp) + off;
   if (dt == kBF16) {
+    int64_t j = 0;
 #if defined(KD_ISA_avx512)
     if (has_bf16_hw()) return bf16_from_f32_hw(src, n, h);
+#elif defined(KD_ISA_avx2)
+    for (; j + 16 <= n; j += 16) store_bf16x16(h + j, _mm256_loadu_ps(src + j), _mm256_loadu_ps(src + j + 8));
 #endif
-    for (int64_t j = 0; j < n; ++j) h[j] = bf16_rne(src[j]);
+    for (; j < n; ++j) h[j] = bf16_rne(src[j]);
     return;
   }
   int64_t j = 0;
