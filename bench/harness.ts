@@ -102,6 +102,18 @@ export interface OpSpec {
    * (a few calls), as a training loop does after its first steps.
    */
   steadyStateCalls?: number;
+  /**
+   * Multiplies the sampling time budget: the call-path cases pay V8's collections on a
+   * few of their calls, so their mean needs more calls than a kernel's median does.
+   */
+  budgetScale?: number;
+  /**
+   * The op this one is a ratio against in the headline (a call path against the
+   * preallocated call it makes). Besides its own samples, the case is then timed in
+   * rounds alternating with that op's calls on the same data (harness `pairedRatio`), so
+   * the ratio does not carry the minutes of machine drift between two separate cases.
+   */
+  pairedBaseline?: string;
 }
 
 export const DTYPE_BYTES: Record<BenchDtype, number> = { f32: 4, bf16: 2 };
@@ -507,6 +519,61 @@ export interface CaseResult {
    * filled ArrayBuffers). A default-call case at steady state should show fresh = overCap = 0.
    */
   pool?: { reused: number; fresh: number; overCap: number };
+  /** OpSpec.pairedBaseline: this case against its baseline, timed in alternating rounds. */
+  paired?: PairedRatio & { baseline: string };
+}
+
+export interface PairedRatio {
+  rounds: number;
+  callsPerRound: number;
+  /** Median over rounds of (this round's median call / the baseline round's median call). */
+  medianRatio: number;
+  /** All of this case's call time / all of the baseline's: what a loop pays, collections included. */
+  meanRatio: number;
+  caseMeanMs: number;
+  baselineMeanMs: number;
+}
+
+/**
+ * `run` against `baseline`, in `rounds` rounds of `calls` timed calls each, alternating
+ * which goes first. On a shared machine whose speed drifts by 10-15% over minutes, two
+ * cases timed minutes apart can be that far off in ratio; paired rounds see the same drift.
+ */
+export function pairedRatio(run: () => void, baseline: () => void, firstMs: number, rounds = 8): PairedRatio {
+  const calls = Math.max(5, Math.min(40, Math.ceil(150 / Math.max(firstMs, 0.1))));
+  const time = (f: () => void) => {
+    const ts: number[] = [];
+    for (let k = 0; k < calls; k++) {
+      const t0 = performance.now();
+      f();
+      ts.push(performance.now() - t0);
+    }
+    return ts;
+  };
+  const ratios: number[] = [];
+  let sumCase = 0;
+  let sumBase = 0;
+  for (let r = 0; r < rounds; r++) {
+    let c: number[], b: number[];
+    if (r % 2 === 0) {
+      b = time(baseline);
+      c = time(run);
+    } else {
+      c = time(run);
+      b = time(baseline);
+    }
+    ratios.push(statsOf(c).median / statsOf(b).median);
+    sumCase += c.reduce((x, y) => x + y, 0);
+    sumBase += b.reduce((x, y) => x + y, 0);
+  }
+  return {
+    rounds,
+    callsPerRound: calls,
+    medianRatio: statsOf(ratios).median,
+    meanRatio: sumCase / sumBase,
+    caseMeanMs: sumCase / (rounds * calls),
+    baselineMeanMs: sumBase / (rounds * calls),
+  };
 }
 
 export interface MachineInfo {

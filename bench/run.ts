@@ -23,7 +23,7 @@ import { loadTfjs, makeTfjsCase, TFJS_LOSSES, tfjsVersion, type Tf } from './con
 import {
   ROOT, FULL_BUDGET, QUICK_BUDGET, Progress, collectGarbage, contendersTable, disposeCaseData, floorStats, fmtDuration, fmtMs, fmtNum,
   fmtRate, fmtSpeedup, groupBytes, machineInfo, makeCaseData, measure, renderSvg, resultsTable, shapeStr, sliceCaseData, statsOf, timeOnce,
-  triadFor, triadSamples, type BenchDevice, type BenchDtype, type Budget, type CaseData, type CaseResult, type ContenderName,
+  pairedRatio, triadFor, triadSamples, type BenchDevice, type BenchDtype, type Budget, type CaseData, type CaseResult, type ContenderName,
   type ContenderResult, type OpSpec, type Shape, type Stats,
 } from './harness.js';
 
@@ -498,8 +498,23 @@ for (const [gi, g] of groups.entries()) {
       const tri = triadFor(d, total);
       const before = triadSamples(`triad ${what}`, tri.run, baseBudget);
       const pool0 = kd.memory().cpu;
-      const stats = measure(what, oc.run, baseBudget, first.ms);
+      // Each case starts from a collected heap: what earlier cases left (the dropped
+      // outputs of forward-kl-default, the tfjs step's tensors) is not collected on its clock.
+      collectGarbage();
+      const budget = c.op.budgetScale ? { ...baseBudget, time: baseBudget.time * c.op.budgetScale } : baseBudget;
+      const stats = measure(what, oc.run, budget, first.ms);
       const pool1 = kd.memory().cpu;
+      let paired: CaseResult['paired'];
+      const baseOp = c.op.pairedBaseline ? allOps.find((o) => o.name === c.op.pairedBaseline) : undefined;
+      if (baseOp) {
+        const bo = baseOp.make(d);
+        try {
+          bo.run();
+          paired = { baseline: baseOp.name, ...pairedRatio(oc.run, bo.run, stats.median) };
+        } finally {
+          bo.dispose?.();
+        }
+      }
       const after = triadSamples(`triad ${what}`, tri.run, baseBudget);
       const floor = floorStats(tri.bytes, before, after);
       const gbps = total / (stats.median * 1e6);
@@ -521,6 +536,7 @@ for (const [gi, g] of groups.entries()) {
         speedups: {},
         load1: +os.loadavg()[0]!.toFixed(2),
         pool: { reused: pool1.reused - pool0.reused, fresh: pool1.fresh - pool0.fresh, overCap: pool1.overCap - pool0.overCap },
+        ...(paired ? { paired } : {}),
       });
     } catch (e) {
       errors.push(`${what}: ${errMsg(e)}`);
@@ -803,13 +819,18 @@ function headline(): string[] {
   const step = find('tfjs-kd-loss-step', 'f32', allThreads);
   // Medians and means: a loop that drops its outputs pays V8's collections on a few calls
   // out of many, which the median leaves out and the mean (what a training loop pays) keeps.
+  // Paired (harness pairedRatio: rounds alternating with the preallocated call) where the
+  // case has it, else the two cases' own samples.
   const vs = (a: CaseResult, b: CaseResult) =>
-    `median ${(a.stats.median / b.stats.median).toFixed(2)} (${fmtMs(a.stats.median)} vs ${fmtMs(b.stats.median)} ms), ` +
-    `mean ${(a.stats.mean / b.stats.mean).toFixed(2)} (${fmtMs(a.stats.mean)} vs ${fmtMs(b.stats.mean)} ms)`;
+    a.paired
+      ? `median ${a.paired.medianRatio.toFixed(2)}, mean ${a.paired.meanRatio.toFixed(2)} (${fmtMs(a.paired.caseMeanMs)} vs ${fmtMs(a.paired.baselineMeanMs)} ms; ` +
+        `${a.paired.rounds} alternating rounds of ${a.paired.callsPerRound} calls)`
+      : `median ${(a.stats.median / b.stats.median).toFixed(2)} (${fmtMs(a.stats.median)} vs ${fmtMs(b.stats.median)} ms), ` +
+        `mean ${(a.stats.mean / b.stats.mean).toFixed(2)} (${fmtMs(a.stats.mean)} vs ${fmtMs(b.stats.mean)} ms)`;
   if (f && fd) out.push(`default call (fresh grad, no dispose) / preallocated, forward KL f32 512×32000: ${vs(fd, f)}`);
   if (f && fdd) out.push(`default call + dispose / preallocated, forward KL f32 512×32000: ${vs(fdd, f)}`);
   if (j && jd) out.push(`default call + dispose / preallocated, JSD f32 512×32000: ${vs(jd, j)}`);
-  if (f && step) out.push(`tfjs kdLoss step (variableGrads) / raw preallocated call, forward KL f32 512×32000: ${(step.stats.median / f.stats.median).toFixed(2)} (${fmtMs(step.stats.median)} vs ${fmtMs(f.stats.median)} ms)`);
+  if (f && step) out.push(`tfjs kdLoss step (variableGrads) / raw preallocated call, forward KL f32 512×32000: ${vs(step, f)}`);
   for (const [name, r] of [['forward KL default call', fd], ['forward KL default call + dispose', fdd], ['JSD default call + dispose', jd]] as const) {
     const t = r?.speedups['torch-eager'];
     if (r && t) out.push(`${name} vs PyTorch CPU eager fwd+bwd (f32 512×32000, ${allThreads} threads): ${fmtSpeedup(t.speedup)}`);
