@@ -617,10 +617,13 @@ void row_kernel(const Plan& P, int64_t i, int64_t next, Scratch& S) {
     const double it = inv_t, mz = sq.m, mt = sp.m, lsq = sq.log_s, lsp = sp.log_s;
     for (int64_t b = 0; b < nb; ++b) {
       const double cp = blk[kPScale][b], sp_b = blk[kPSum][b];
-      if (cp == 0.0 || sp_b == 0.0) continue;  // p_j = 0 on the whole block: no term (mul0)
+      // As fkl_block's mul0(p_j, lp_j - lq_j), p_j = e_j c_b: a block with c_b = 0 adds
+      // nothing, e_j = 0 adds nothing (no 0 * inf from K_b), a NaN c_b (a teacher row with
+      // no finite logit: S_p = 0) makes the row NaN.
+      if (cp == 0.0) continue;
       const double st = P.t_raw ? 0.0 : double(block_shift(blk[kPMax][b])), sz = block_shift(blk[kQMax][b]);
       const double k_b = it * ((st - mt) - (sz - mz)) - lsp + lsq;
-      L += cp * (it * double(blk[kCross][b]) + sp_b * k_b);
+      L += cp * (it * double(blk[kCross][b]) + (sp_b == 0.0 ? 0.0 : sp_b * k_b));
     }
     // ---- pass B: the gradient from e^q and e^p alone ---------------------------------
     if (GRAD) {

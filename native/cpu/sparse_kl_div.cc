@@ -226,7 +226,11 @@ void row_kernel(const Plan& P, int64_t i, Scratch& S, SlotScratch& T) {
     {
       const float* e = eq + off;
       float acc[kLanes] = {};
-      for_lanes(n, [&](int64_t j, int l) { acc[l] += is_id[j] ? 0.0f : e[j]; });
+      // e_j off the ids as a bit mask (is_id is 0 or 1), bit for bit the select
+      // `is_id[j] ? 0.0f : e[j]`, which GCC 12 -O3 -mavx2 miscompiles in this lane loop:
+      // the AVX2 build summed wrong values (a standalone 16-element repro: 2.860 against
+      // 3.131) and sparseKlDiv 'bucket' failed its reference tests on AVX2-only CPUs.
+      for_lanes(n, [&](int64_t j, int l) { acc[l] += row::bitsf(row::fbits(e[j]) & (uint32_t(is_id[j]) - 1u)); });
       ts = lane_sum(acc);
     }
     if (tshift == sz) {
