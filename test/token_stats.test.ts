@@ -1,6 +1,7 @@
 /** tokenStats on the CPU against the float64 reference, per dtype, on odd shapes. */
 import { describe, expect, it } from 'vitest';
 import * as kd from '../lib/index.js';
+import { binding } from '../lib/native.js';
 import { compareArrays, decodeDtype, encodeDtype, logSoftmax, mulberry32, randomLogits, type FloatDType } from './reference/common.js';
 import { refTokenStats } from './reference/distillation.js';
 import { lossTol, maxAbsFinite } from './tolerances.js';
@@ -42,6 +43,31 @@ function run(c: Case): string[] {
   }
   return errs;
 }
+
+// The suite above runs the best ISA level this machine has; here every level it supports
+// (the AVX-512, AVX2 and generic builds of the same sources).
+describe('tokenStats at every CPU ISA level this machine supports', () => {
+  for (const isa of ['avx512', 'avx2', 'generic'])
+    it(`${isa}`, (ctx) => {
+      const b = binding();
+      const best = kd.backends().cpu.simd;
+      if (!b.setIsa(isa)) return ctx.skip();
+      try {
+        const errs: string[] = [];
+        for (const dtype of ['f32', 'f16', 'bf16'] as const)
+          for (const c of [
+            { n: 9, v: 1271, dtype, sampled: true },
+            { n: 7, v: 123, dtype, T: 0.5, teacher: 'logprobs' as const, sampled: true, vt: 130 },
+            { n: 5, v: 97, dtype, negInf: true, sampled: true },
+            { n: 2, v: 32000, dtype, T: 2, sampled: false },
+          ])
+            errs.push(...run(c).map((e) => `${isa} ${JSON.stringify(c)}: ${e}`));
+        if (errs.length) throw new Error(errs.join('\n'));
+      } finally {
+        b.setIsa(best);
+      }
+    });
+});
 
 describe('tokenStats vs reference', () => {
   const cases: Case[] = [];
