@@ -7,7 +7,7 @@ import * as kd from '../lib/index.js';
 import { caseName, check, type DivCase } from './divergence_cases.js';
 import type { Divergence } from './reference/divergences.js';
 import { encodeDtype, type FloatDType } from './reference/common.js';
-import { binding } from '../lib/native.js';
+import { ISA_LEVELS, supportedIsas, withIsa } from './helpers.js';
 
 const DIVS: { divergence: Divergence; beta?: number; skew?: number }[] = [
   { divergence: 'forward-kl' },
@@ -262,35 +262,17 @@ describe('every CPU ISA level (AVX-512, AVX2, generic) agrees with the reference
     { negInf: true, grad: 'inplace', temperature: 0.7 },
     { vt: 1300, ldS: 1280, ldT: 1310, reduction: 'none', gradScale: -2 },
   ];
-  const levels = (): string[] => {
-    const b = binding();
-    const best = kd.backends().cpu.simd;
-    const out = ['avx512', 'avx2', 'generic'].filter((isa) => b.setIsa(isa));
-    b.setIsa(best);
-    return out;
-  };
-  const atLevel = (isa: string, f: () => void): void => {
-    const b = binding();
-    const best = kd.backends().cpu.simd;
-    expect(b.setIsa(isa)).toBe(true);
-    try {
-      f();
-    } finally {
-      b.setIsa(best);
-    }
-  };
-
   it('runs at least the generic level and the best one', () => {
-    const l = levels();
+    const l = supportedIsas();
     expect(l).toContain('generic');
     expect(l).toContain(kd.backends().cpu.simd);
   });
 
-  for (const isa of ['avx512', 'avx2', 'generic'])
+  for (const isa of ISA_LEVELS)
     for (const dtype of DTYPES)
       it(`${isa}: every divergence, ${dtype}, 9×1271 and 2×32000`, (ctx) => {
-        if (!levels().includes(isa)) return ctx.skip();
-        atLevel(isa, () => {
+        if (!supportedIsas().includes(isa)) return ctx.skip();
+        withIsa(isa, () => {
           for (const d of DIVS) {
             for (const sc of LEVEL_SCENARIOS) expectPass({ n: 9, v: 1271, sDtype: dtype, ...d, ...sc });
             expectPass({ n: 2, v: 32000, sDtype: dtype, ...d, temperature: 1.5 });
@@ -306,8 +288,8 @@ describe('every CPU ISA level (AVX-512, AVX2, generic) agrees with the reference
   it('forward KL of a shifted copy is 0 at every level, for shifts up to 2^12', () => {
     const n = 6, v = 3001;
     const s = Float32Array.from({ length: n * v }, (_, i) => Math.round(Math.sin(i * 0.37) * 256) / 64); // k/64 in [-4, 4]
-    for (const isa of levels())
-      atLevel(isa, () => {
+    for (const isa of supportedIsas())
+      withIsa(isa, () => {
         for (const c of [0, 1, 1000, 4096]) {
           const t = s.map((x) => x + c); // exact in f32 (17 significant bits)
           for (const T of [1, 2]) {

@@ -6,8 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import * as kd from '../lib/index.js';
-import { CUDA, CUDA_SKIP_REASON, errorOf } from './helpers.js';
-import { binding } from '../lib/native.js';
+import { CUDA, CUDA_SKIP_REASON, errorOf, ISA_LEVELS, supportedIsas, withIsa } from './helpers.js';
 import { compareArrays, decodeDtype, encodeDtype, logSoftmax, randomLogits, roundToDtype, type FloatDType, type Reduction } from './reference/common.js';
 import { refSparseKl, type SparseTail } from './reference/sparse.js';
 import { SPARSE_GRAD_ATOL_REL_MAX, SPARSE_GRAD_RTOL, SPARSE_LOSS_ATOL_PER_WEIGHT, SPARSE_LOSS_RTOL, TOPK_OUT_ROUNDING } from './tolerances.js';
@@ -191,21 +190,17 @@ describe('sparseKlDiv vs the float64 reference: tails x dtypes x options on 41 x
 // summed the 'bucket' tail wrong (a GCC 12 miscompile of a select on a uint8_t mask, fixed
 // in cpu/sparse_kl_div.cc), which only an AVX2-only CPU would have shown.
 describe('sparseKlDiv at every CPU ISA level this machine supports', () => {
-  for (const isa of ['avx512', 'avx2', 'generic'])
+  for (const isa of ISA_LEVELS)
     it(`${isa}: every tail, f32 and bf16`, (ctx) => {
-      const b = binding();
-      const best = kd.backends().cpu.simd;
-      if (!b.setIsa(isa)) return ctx.skip();
-      try {
+      if (!supportedIsas().includes(isa)) return ctx.skip();
+      withIsa(isa, () => {
         for (const tail of TAILS)
           for (const dtype of ['f32', 'bf16'] as const) {
             check({ n: 9, v: 1271, k: 17, dtype, tail });
             check({ n: 5, v: 601, k: 3, dtype, tail, negInf: true, labels: true, grad: 'inplace' });
             check({ n: 2, v: 32000, k: 64, dtype, tail, temperature: 2 });
           }
-      } finally {
-        b.setIsa(best);
-      }
+      });
     });
 });
 

@@ -1,7 +1,7 @@
 /** tokenStats on the CPU against the float64 reference, per dtype, on odd shapes. */
 import { describe, expect, it } from 'vitest';
 import * as kd from '../lib/index.js';
-import { binding } from '../lib/native.js';
+import { ISA_LEVELS, supportedIsas, withIsa } from './helpers.js';
 import { compareArrays, decodeDtype, encodeDtype, logSoftmax, mulberry32, randomLogits, type FloatDType } from './reference/common.js';
 import { refTokenStats } from './reference/distillation.js';
 import { lossTol, maxAbsFinite } from './tolerances.js';
@@ -47,12 +47,10 @@ function run(c: Case): string[] {
 // The suite above runs the best ISA level this machine has; here every level it supports
 // (the AVX-512, AVX2 and generic builds of the same sources).
 describe('tokenStats at every CPU ISA level this machine supports', () => {
-  for (const isa of ['avx512', 'avx2', 'generic'])
+  for (const isa of ISA_LEVELS)
     it(`${isa}`, (ctx) => {
-      const b = binding();
-      const best = kd.backends().cpu.simd;
-      if (!b.setIsa(isa)) return ctx.skip();
-      try {
+      if (!supportedIsas().includes(isa)) return ctx.skip();
+      withIsa(isa, () => {
         const errs: string[] = [];
         for (const dtype of ['f32', 'f16', 'bf16'] as const)
           for (const c of [
@@ -63,9 +61,7 @@ describe('tokenStats at every CPU ISA level this machine supports', () => {
           ])
             errs.push(...run(c).map((e) => `${isa} ${JSON.stringify(c)}: ${e}`));
         if (errs.length) throw new Error(errs.join('\n'));
-      } finally {
-        b.setIsa(best);
-      }
+      });
     });
 });
 

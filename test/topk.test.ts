@@ -5,8 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import * as kd from '../lib/index.js';
-import { binding } from '../lib/native.js';
-import { CUDA, CUDA_SKIP_REASON, errorOf } from './helpers.js';
+import { CUDA, CUDA_SKIP_REASON, errorOf, supportedIsas, withIsa } from './helpers.js';
 import { compareArrays, decodeDtype, encodeDtype, mulberry32, randomLogits, roundToDtype, type FloatDType } from './reference/common.js';
 import { refTopk } from './reference/sparse.js';
 import { TOPK_LOGPROB_TOL, TOPK_OUT_ROUNDING, TOPK_TAIL_TOL } from './tolerances.js';
@@ -244,14 +243,11 @@ describe('every input ordering gives the reference result', () => {
 
 describe('every CPU ISA level (AVX-512, AVX2, generic) agrees with the reference', () => {
   it('topk, sampleTeacher and sparseKlDiv at each level this machine supports', () => {
-    const b = binding();
-    const best = kd.backends().cpu.simd;
     const data = randomLogits(5, 5000, { seed: 60, scale: 2 });
     const t = makeTensor(data, 5, 5000, 'bf16');
-    try {
-      let firstIds: number[] | undefined;
-      for (const isa of ['avx512', 'avx2', 'generic']) {
-        if (!b.setIsa(isa)) continue; // not supported here
+    let firstIds: number[] | undefined;
+    for (const isa of supportedIsas())
+      withIsa(isa, () => {
         check({ n: 5, v: 5000, k: 33, dtype: 'bf16', data, output: 'logprobs' });
         check({ n: 3, v: 20000, k: 1024, dtype: 'f32', data: ties(3, 20000, 3, 61) });
         check({ n: 3, v: 20000, k: 64, dtype: 'f16', data: ordered('ascending', 3, 20000, 64, 63), output: 'logprobs' });
@@ -260,10 +256,7 @@ describe('every CPU ISA level (AVX-512, AVX2, generic) agrees with the reference
         const ids = Array.from(kd.sampleTeacher(t, 64, { seed: 5, proposalPower: 0.5 }).indices.toArray());
         if (firstIds) expect(ids, `sampleTeacher ids at ${isa}`).toEqual(firstIds);
         firstIds = ids;
-      }
-    } finally {
-      b.setIsa(best);
-    }
+      });
   });
 });
 

@@ -214,13 +214,9 @@ KD_ROW_INLINE __m512 log_normal16(__m512 x) {  // log_normal_f on 16 lanes
   const __m512 f = _mm512_sub_ps(
       _mm512_castsi512_ps(_mm512_add_epi32(_mm512_and_si512(ix, _mm512_set1_epi32(0x007fffff)), _mm512_set1_epi32(0x3f3504f3))),
       _mm512_set1_ps(1.0f));
-  __m512 y = _mm512_set1_ps(-1.0082233e-1f);
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.6180466e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.7243253e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.9906887e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-2.4971227e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(3.3334714e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-5.0000320e-1f));
+  __m512 y = _mm512_set1_ps(kLogPoly[0]);
+#pragma GCC unroll 8
+  for (int i = 1; i < kPolyTerms; ++i) y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(kLogPoly[i]));
   y = _mm512_fmadd_ps(y, _mm512_mul_ps(f, f), f);
   return _mm512_add_ps(_mm512_fmadd_ps(kf, _mm512_set1_ps(0.693147182464599609375f), y), _mm512_sub_ps(x, x));
 }
@@ -339,22 +335,17 @@ KD_ROW_INLINE float fkl_block_bf16(const uint16_t* __restrict z, const uint16_t*
 // regrouping, D): the two row sums in registers in sum_block's lanes (8 vectors), no term
 // rows and no extra sweeps, the beta weighting taken per block. The tail of a block
 // (n % kSumLanes elements, the last block of a row) goes lane by lane, in scalar code.
-KD_ROW_INLINE __m256 bc8(float x) { return _mm256_set1_ps(x); }
 KD_ROW_INLINE __m256 log_normal8(__m256 x) {  // log_normal_f on 8 lanes
   const __m256i ix = _mm256_add_epi32(_mm256_castps_si256(x), _mm256_set1_epi32(0x3f800000 - 0x3f3504f3));
   const __m256 kf = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(ix, 23), _mm256_set1_epi32(0x7f)));
   const __m256 f = _mm256_sub_ps(
       _mm256_castsi256_ps(_mm256_add_epi32(_mm256_and_si256(ix, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x3f3504f3))),
-      bc8(1.0f));
-  __m256 y = bc8(-1.0082233e-1f);
-  y = _mm256_fmadd_ps(y, f, bc8(1.6180466e-1f));
-  y = _mm256_fmadd_ps(y, f, bc8(-1.7243253e-1f));
-  y = _mm256_fmadd_ps(y, f, bc8(1.9906887e-1f));
-  y = _mm256_fmadd_ps(y, f, bc8(-2.4971227e-1f));
-  y = _mm256_fmadd_ps(y, f, bc8(3.3334714e-1f));
-  y = _mm256_fmadd_ps(y, f, bc8(-5.0000320e-1f));
+      bcast(1.0f));
+  __m256 y = bcast(kLogPoly[0]);
+#pragma GCC unroll 8
+  for (int i = 1; i < kPolyTerms; ++i) y = _mm256_fmadd_ps(y, f, bcast(kLogPoly[i]));
   y = _mm256_fmadd_ps(y, _mm256_mul_ps(f, f), f);
-  return _mm256_add_ps(_mm256_fmadd_ps(kf, bc8(0.693147182464599609375f), y), _mm256_sub_ps(x, x));
+  return _mm256_add_ps(_mm256_fmadd_ps(kf, bcast(0.693147182464599609375f), y), _mm256_sub_ps(x, x));
 }
 KD_ROW_INLINE __m256 mul0_8(__m256 x, __m256 y) {  // mul0: x == 0 ? 0 : x * y
   return _mm256_and_ps(_mm256_mul_ps(x, y), _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_NEQ_UQ));
@@ -370,8 +361,8 @@ KD_ROW_INLINE __m256 log_softmax8(__m256 x, __m256 m, __m256 it, __m256 ls) {
 template <bool KEEP_G, bool UNIT, class Z, class T>
 KD_ROW_INLINE float jsd_block8(const Z* __restrict z, const T* __restrict t, const float* __restrict eq,
                                float* __restrict ep, int64_t n, float cq, float cp, const RowConst& k, float* gsum) {
-  const __m256 vcq = bc8(cq), vcp = bc8(cp), mq = bc8(k.mq), lsq = bc8(k.lsq), mp = bc8(k.mp), lsp = bc8(k.lsp),
-               it = bc8(k.inv_t), beta = bc8(k.beta), omb = bc8(1.0f - k.beta), tiny = bc8(kTinyMixture);
+  const __m256 vcq = bcast(cq), vcp = bcast(cp), mq = bcast(k.mq), lsq = bcast(k.lsq), mp = bcast(k.mp), lsp = bcast(k.lsp),
+               it = bcast(k.inv_t), beta = bcast(k.beta), omb = bcast(1.0f - k.beta), tiny = bcast(kTinyMixture);
   __m256 at[kVecs], ag[kVecs];
   for (int v = 0; v < kVecs; ++v) at[v] = ag[v] = _mm256_setzero_ps();
   int64_t j = 0;

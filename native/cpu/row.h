@@ -99,18 +99,21 @@ inline void write_loss(const float* rowtot, int64_t n, bool per_token, double di
 // exactly like e^x itself. Results below e^-86 (4.5e-38, the subnormal range) flush to
 // exactly 0, as do -inf and every x < -86; x > 88.7228 (incl. +inf) gives +inf; NaN
 // propagates (each special case is a select that a NaN fails). 17 vector ops, no branch.
+// The polynomials of exp_f and log_normal_f, highest degree first (Horner), shared by
+// their vector forms (row.h exp16 / exp8_reduced, divergence.cc log_normal16 / 8).
+constexpr int kPolyTerms = 7;
+constexpr float kExpPoly[kPolyTerms] = {1.3811657e-3f, 8.3701354e-3f, 4.1668527e-2f, 1.6666509e-1f, 4.9999994e-1f, 1.0f, 1.0f};
+constexpr float kLogPoly[kPolyTerms] = {-1.0082233e-1f, 1.6180466e-1f, -1.7243253e-1f, 1.9906887e-1f,
+                                        -2.4971227e-1f, 3.3334714e-1f,  -5.0000320e-1f};
+
 KD_ROW_INLINE float exp_f(float x) {
   const float t = x * 1.44269504088896341f + 12582911.0f;  // round(x / ln2) + 1.5*2^23 - 1
   const float n = t - 12582911.0f;
   float r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
-  float y = 1.3811657e-3f;
-  y = y * r + 8.3701354e-3f;
-  y = y * r + 4.1668527e-2f;
-  y = y * r + 1.6666509e-1f;
-  y = y * r + 4.9999994e-1f;
-  y = y * r + 1.0f;
-  y = y * r + 1.0f;
+  float y = kExpPoly[0];
+#pragma GCC unroll 8
+  for (int i = 1; i < kPolyTerms; ++i) y = y * r + kExpPoly[i];
   y = bitsf(fbits(y) + (fbits(t) << 23)) * 2.0f;  // low bits of t: n - 1 (mod 2^9)
   y = x < -86.0f ? 0.0f : y;
   return x > 88.72283935546875f ? kInf : y;
@@ -157,13 +160,9 @@ KD_ROW_INLINE float log_normal_f(float x) {
   const uint32_t ix = fbits(x) + (0x3f800000u - 0x3f3504f3u);
   const float kf = float(int32_t(ix >> 23) - 0x7f);
   const float f = bitsf((ix & 0x007fffffu) + 0x3f3504f3u) - 1.0f;
-  float y = -1.0082233e-1f;
-  y = y * f + 1.6180466e-1f;
-  y = y * f - 1.7243253e-1f;
-  y = y * f + 1.9906887e-1f;
-  y = y * f - 2.4971227e-1f;
-  y = y * f + 3.3334714e-1f;
-  y = y * f - 5.0000320e-1f;
+  float y = kLogPoly[0];
+#pragma GCC unroll 8
+  for (int i = 1; i < kPolyTerms; ++i) y = y * f + kLogPoly[i];
   y = y * (f * f) + f;
   return (kf * 0.693147182464599609375f + y) + (x - x);
 }
@@ -684,13 +683,9 @@ KD_ROW_INLINE __m512 exp16(__m512 x) {
                                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 y = _mm512_set1_ps(1.3811657e-3f);
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3701354e-3f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1668527e-2f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666509e-1f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.9999994e-1f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
+  __m512 y = _mm512_set1_ps(kExpPoly[0]);
+#pragma GCC unroll 8
+  for (int i = 1; i < kPolyTerms; ++i) y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kExpPoly[i]));
   return _mm512_maskz_scalef_ps(kAll16, y, n);
 }
 // One group of kSumLanes elements at j: e_j stored, added to the lane accumulators.
@@ -724,22 +719,18 @@ KD_ROW_INLINE void exp_sum_range(const X* x, int64_t c, int64_t end, int64_t n, 
 // constants spilled) and the sum in a second sweep; here a group of kSumLanes elements
 // is 8 independent exps in flight, summed into sum_block's lanes as they are made.
 // Measured (forward KL f32 512 x 32000, 2 threads, Zen 3): see divergence.cc.
-KD_ROW_INLINE __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-KD_ROW_INLINE __m256 load8(const uint16_t* p) {  // bf16: the 16 bits are an f32's top half
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
-}
+template <class X>
+KD_ROW_INLINE __m256 load8(const X* p) { return reinterpret_cast<__m256>(vload(p)); }  // f32, or bf16 widened
 KD_ROW_INLINE __m256 bcast(float x) { return _mm256_set1_ps(x); }
 KD_ROW_INLINE __m256 exp8_reduced(__m256 x, __m256 t, float k) {
   // The range-reduced polynomial of exp_f, every coefficient times k (k = 1 or 2, exact).
   const __m256 n = _mm256_sub_ps(t, bcast(12582911.0f));
   __m256 r = _mm256_fnmadd_ps(n, bcast(0.693359375f), x);
   r = _mm256_fnmadd_ps(n, bcast(-2.12194440e-4f), r);
-  __m256 y = _mm256_fmadd_ps(bcast(k * 1.3811657e-3f), r, bcast(k * 8.3701354e-3f));
-  y = _mm256_fmadd_ps(y, r, bcast(k * 4.1668527e-2f));
-  y = _mm256_fmadd_ps(y, r, bcast(k * 1.6666509e-1f));
-  y = _mm256_fmadd_ps(y, r, bcast(k * 4.9999994e-1f));
-  y = _mm256_fmadd_ps(y, r, bcast(k * 1.0f));
-  return _mm256_fmadd_ps(y, r, bcast(k * 1.0f));
+  __m256 y = bcast(k * kExpPoly[0]);
+#pragma GCC unroll 8
+  for (int i = 1; i < kPolyTerms; ++i) y = _mm256_fmadd_ps(y, r, bcast(k * kExpPoly[i]));
+  return y;
 }
 KD_ROW_INLINE __m256 exp8_scale(__m256 y, __m256 t) {  // y * 2^(n - 1): n - 1 in t's low bits
   return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y), _mm256_slli_epi32(_mm256_castps_si256(t), 23)));

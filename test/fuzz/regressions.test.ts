@@ -5,8 +5,7 @@
  * and relaxation are deleted (and `it.fails` becomes `it`).
  */
 import { describe, expect, it } from 'vitest';
-import * as kd from '../../lib/index.js';
-import { binding } from '../../lib/native.js';
+import { supportedIsas, withIsa } from '../helpers.js';
 import { runCase, type FuzzCase } from './cases.js';
 
 describe('fuzz regressions', () => {
@@ -67,19 +66,9 @@ describe('fuzz regressions', () => {
   // every ISA level the machine has, so an AVX-512 machine checks the AVX2 build too.
   it("sparseKlDiv 'bucket' with top-k ids at every CPU ISA level (the AVX2 build's tail sum was miscompiled)", async () => {
     const c: FuzzCase = { family: 'sparseKlDiv', lead: [1], v: 601, padS: 0, sDtype: 'f32', async: false, seed: 0, scale: 1, peaked: false, specials: [], grad: 'new', tail: 'bucket', k: 3, ids: 'topk', valuesDtype: 'f32' };
-    const b = binding();
-    const best = kd.backends().cpu.simd;
-    const ran: string[] = [];
-    try {
-      for (const isa of ['avx512', 'avx2', 'generic']) {
-        if (!b.setIsa(isa)) continue;
-        ran.push(isa);
-        expect(await runCase(c), isa).toEqual([]);
-      }
-    } finally {
-      b.setIsa(best);
-    }
-    expect(ran).toContain('generic');
+    const isas = supportedIsas();
+    for (const isa of isas) expect(await withIsa(isa, () => runCase(c)), isa).toEqual([]);
+    expect(isas).toContain('generic');
   });
 
   // Forward KL's loss from pass A (below AVX-512) skipped a block whose teacher exps sum
@@ -89,12 +78,6 @@ describe('fuzz regressions', () => {
       family: 'klDiv', lead: [1], v: 1, padS: 0, sDtype: 'f32', async: false, seed: 0, scale: 1, peaked: false,
       specials: [{ side: 't', row: 0, col: 0, value: '-inf' }, { side: 's', row: 0, col: 0, value: '0' }], vtExtra: 0, padT: 0, tDtype: 'f32', grad: 'new',
     };
-    const b = binding();
-    const best = kd.backends().cpu.simd;
-    try {
-      for (const isa of ['avx512', 'avx2', 'generic']) if (b.setIsa(isa)) expect(await runCase(c), isa).toEqual([]);
-    } finally {
-      b.setIsa(best);
-    }
+    for (const isa of supportedIsas()) expect(await withIsa(isa, () => runCase(c)), isa).toEqual([]);
   });
 });
