@@ -364,7 +364,8 @@ KD_ROW_INLINE float jsd_block8(const Z* __restrict z, const T* __restrict t, con
   const __m256 vcq = bcast(cq), vcp = bcast(cp), mq = bcast(k.mq), lsq = bcast(k.lsq), mp = bcast(k.mp), lsp = bcast(k.lsp),
                it = bcast(k.inv_t), beta = bcast(k.beta), omb = bcast(1.0f - k.beta), tiny = bcast(kTinyMixture);
   __m256 at[kVecs], ag[kVecs];
-  for (int v = 0; v < kVecs; ++v) at[v] = ag[v] = _mm256_setzero_ps();
+#pragma GCC unroll 8
+  for (int v = 0; v < kVecs; ++v) at[v] = ag[v] = _mm256_setzero_ps();  // (a loop became two rep stos)
   int64_t j = 0;
   for (; j + kSumLanes <= n; j += kSumLanes) {
 #pragma GCC unroll 8
