@@ -52,7 +52,7 @@ describe('a NaN logit with any payload makes its own token NaN, at every CPU ISA
         if (name === 'tvd' && t.some((x) => Number.isNaN(x))) {
           // tvd's gradient sees p only through sign(q - p) (DESIGN.md), and a comparison
           // with NaN is false: a teacher NaN gives that row a gradient of exactly 0 (its
-          // loss is NaN), as on CUDA and WebGPU. Never a finite non-zero value.
+          // loss is NaN); the CUDA and WGSL kernels use the same comparisons. Never a finite non-zero value.
           const g = r.grad!.toArray();
           for (let i = 0; i < N; i++)
             for (let j = 0; j < V; j++) {
