@@ -309,6 +309,21 @@ KD_ROW_INLINE float max_block(const X* x, int64_t n) {
   return m;
 }
 
+#if defined(KD_ISA_avx512) || defined(KD_ISA_avx2)
+// The even/odd bf16 block max below (AVX-512, AVX2) ends here: the max of its w lane
+// values and of the elements x[j, n) its vector loop left. Same NaN rule as max_block.
+KD_ROW_INLINE float max_lanes_and_tail(const float* b, int w, const uint16_t* x, int64_t j, int64_t n) {
+  float m = b[0];
+  for (int l = 1; l < w; ++l) m = b[l] > m ? b[l] : m;
+  for (; j < n; ++j) {
+    const float xl = ldf(x, j);
+    m = xl > m ? xl : m;
+  }
+  return m;
+}
+
+#endif
+
 #if defined(KD_ISA_avx512)
 // The bf16 block max at AVX-512: 32 values per 64-byte load, split into the even
 // elements (x << 16) and the odd ones (x & 0xffff0000), each already an f32 in its 32-bit
@@ -329,13 +344,7 @@ KD_ROW_INLINE float max_block(const uint16_t* x, int64_t n) {
   m0 = _mm512_maskz_max_ps(0xffff, m1, m0);
   float b[16];
   std::memcpy(b, &m0, sizeof b);
-  float m = b[0];
-  for (int l = 1; l < 16; ++l) m = b[l] > m ? b[l] : m;
-  for (; j < n; ++j) {
-    const float xl = ldf(x, j);
-    m = xl > m ? xl : m;
-  }
-  return m;
+  return max_lanes_and_tail(b, 16, x, j, n);
 }
 #endif
 
@@ -355,13 +364,7 @@ KD_ROW_INLINE float max_block(const uint16_t* x, int64_t n) {
   m0 = _mm256_max_ps(m1, m0);
   float b[8];
   std::memcpy(b, &m0, sizeof b);
-  float m = b[0];
-  for (int l = 1; l < 8; ++l) m = b[l] > m ? b[l] : m;
-  for (; j < n; ++j) {
-    const float xl = ldf(x, j);
-    m = xl > m ? xl : m;
-  }
-  return m;
+  return max_lanes_and_tail(b, 8, x, j, n);
 }
 #endif
 
