@@ -30,9 +30,12 @@
 //      T != 1; at T = 1 the CE's q0 is q itself.)
 //   B  forward KL: loss terms and the gradient in the same sweep (it needs no row sum);
 //      below AVX-512 the loss comes from pass A's block sums instead (fkl_cross_block)
-//      and pass B writes the gradient from e_q and e_p alone (kFklLossInPassA).
+//      and pass B writes the gradient from e_q and e_p alone (kFklLossInPassA; a
+//      streamed f32 gradient at AVX2 straight from the registers, fkl_grad_stream).
 //      Others: D and G = sum q g, with g_j stored over the teacher's scratch row.
 //   C  (the G divergences, with a gradient) dz_j from e_j and the stored g_j.
+//   A last pass that reads no input (forward KL's B below AVX-512, C, the CE-only
+//   gradient) is one GradPass, block by block.
 // So each element costs 2 exp (+1 log for jsd / skew, +1 exp for CE at T != 1), not the
 // 4 of recomputing both softmaxes in a second pass. exp / log are our own (cpu/row.h):
 // branchless polynomials that GCC vectorises without -ffast-math, and at AVX-512 the exp
@@ -460,17 +463,38 @@ KD_ROW_INLINE float fkl_cross_block(const Z* __restrict z, const T* __restrict t
 
 // The forward KL gradient of one block from the cached exps alone: a1 (q_j sum_p - p_j),
 // q_j sum_p = e^q_j (c^q_b sum_p), p_j = e^p_j c^p_b (the same values as fkl_block's).
+#if defined(KD_ISA_avx2)
+// At AVX2 every f32 element of it is this one expression on 8 lanes (a tail through masked
+// loads), wherever it goes: into the row, or streamed out (fkl_grad_stream); so are bf16
+// ones but a row's last < 16 elements.
+struct FklGrad8 {
+  __m256 cqs, cp, a1;
+  FklGrad8(float cqs_, float cp_, float a1_) : cqs(_mm256_set1_ps(cqs_)), cp(_mm256_set1_ps(cp_)), a1(_mm256_set1_ps(a1_)) {}
+  KD_ROW_INLINE __m256 of(__m256 eq, __m256 ep) const { return _mm256_mul_ps(a1, _mm256_fmsub_ps(eq, cqs, _mm256_mul_ps(ep, cp))); }
+  KD_ROW_INLINE __m256 at(const float* eq, const float* ep) const { return of(_mm256_loadu_ps(eq), _mm256_loadu_ps(ep)); }
+  static KD_ROW_INLINE __m256i first(int64_t k) {  // lanes [0, k), 0 <= k <= 8
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(k)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  KD_ROW_INLINE __m256 at(const float* eq, const float* ep, __m256i m) const {
+    return of(_mm256_maskload_ps(eq, m), _mm256_maskload_ps(ep, m));
+  }
+};
+#endif
 template <class G>
 KD_ROW_INLINE void fkl_grad_block(const float* __restrict eq, const float* __restrict ep, int64_t n, float cqs,
                                   float cp, float a1, G* __restrict g) {
   int64_t j = 0;
 #if defined(KD_ISA_avx2)
+  const FklGrad8 f(cqs, cp, a1);
   if constexpr (std::is_same_v<G, uint16_t>) {  // bf16 out: rounded and packed 16 at a time
-    const __m256 vcqs = _mm256_set1_ps(cqs), vcp = _mm256_set1_ps(cp), va1 = _mm256_set1_ps(a1);
-    auto g8 = [&](int64_t o) {
-      return _mm256_mul_ps(va1, _mm256_fmsub_ps(_mm256_loadu_ps(eq + o), vcqs, _mm256_mul_ps(_mm256_loadu_ps(ep + o), vcp)));
-    };
-    for (; j + 16 <= n; j += 16) store_bf16x16(g + j, g8(j), g8(j + 8));
+    for (; j + 16 <= n; j += 16) store_bf16x16(g + j, f.at(eq + j, ep + j), f.at(eq + j + 8, ep + j + 8));
+  } else {
+    for (; j + 8 <= n; j += 8) _mm256_storeu_ps(g + j, f.at(eq + j, ep + j));
+    if (j < n) {
+      const __m256i m = FklGrad8::first(n - j);
+      _mm256_maskstore_ps(g + j, m, f.at(eq + j, ep + j, m));
+    }
+    return;
   }
 #endif
   for (; j < n; ++j) {
@@ -478,6 +502,117 @@ KD_ROW_INLINE void fkl_grad_block(const float* __restrict eq, const float* __res
     stf(g, j, a1 * (eq[j] * cqs - p));
   }
 }
+
+#if defined(KD_ISA_avx2)
+// fkl_grad_block (f32) for a gradient that is streamed out, straight from the registers
+// into streaming stores: the 32-byte lines that lie inside the block go out as they are
+// computed, and only the partial lines at its two ends pass through the LineStream (which
+// joins a block's last partial line with the next block's first). The staged route
+// (compute into an L1 block, then LineStream copies it out) stored and reloaded every
+// element once more. g: the block's first element in the row, 4-byte aligned.
+KD_ROW_INLINE void fkl_grad_stream(const float* __restrict eq, const float* __restrict ep, int64_t n, float cqs,
+                                   float cp, float a1, float* g, LineStream& out) {
+  const FklGrad8 f(cqs, cp, a1);
+  alignas(32) float part[8];
+  const int64_t head = std::min<int64_t>(n, int64_t((32 - (reinterpret_cast<uintptr_t>(g) & 31)) & 31) / 4);
+  if (head > 0) {
+    _mm256_store_ps(part, f.at(eq, ep, FklGrad8::first(head)));
+    out.put(part, head * 4, g);
+  }
+  int64_t j = head;
+  for (; j + 8 <= n; j += 8) _mm256_stream_ps(g + j, f.at(eq + j, ep + j));
+  if (j < n) {
+    _mm256_store_ps(part, f.at(eq + j, ep + j, FklGrad8::first(n - j)));
+    out.put(part, (n - j) * 4, g + j);
+  }
+}
+#endif
+
+// Where a row's gradient blocks go. f32: straight into the row. bf16 without a CE term (and
+// without the AVX512-BF16 conversion): rounded in the element loop, straight into the
+// row. Otherwise: staged as f32 in L1 (the CE term added there), then converted. Large
+// gradients go through L1 and out with streaming stores (P.stream); so does pass B of
+// forward KL in place (it reads z while it writes the same row).
+struct GradOut {
+  const Plan* P = nullptr;
+  Scratch* S = nullptr;
+  void* grow = nullptr;
+  int32_t dtype = kF32;
+  bool g_f32 = false, in_place = false;
+  LineStream out;  // P.stream: the gradient row, streamed block by block
+  KD_ROW_INLINE float* f32(bool reads_z, int64_t off) {  // the f32 destination of a block
+    return g_f32 && !P->stream && !(reads_z && in_place) ? static_cast<float*>(grow) + off : S->gbuf;
+  }
+  KD_ROW_INLINE uint16_t* b16(bool reads_z, int64_t off) {  // the bf16 destination (g_b16)
+    return !P->stream && !(reads_z && in_place) ? static_cast<uint16_t*>(grow) + off : S->hbuf;
+  }
+  KD_ROW_INLINE void flush32(const float* g, int64_t off, int64_t n) {  // g: from f32()
+    if (g != S->gbuf) return;
+    if (!P->stream) return store_block(g, n, dtype, grow, off);
+    if (g_f32) return out.put(g, n * 4, static_cast<float*>(grow) + off);
+    // (bf16: converted into an L1 block, then streamed out. Measured slower: converting
+    // straight into streaming stores, bf16_from_f32_hw's loop with _mm512_stream_si512,
+    // bf16/f32 elem/s 0.85-0.96 against 0.99-1.03; a copy loop streams better.)
+    store_block(g, n, dtype, S->hbuf, 0);
+    out.put(S->hbuf, n * 2, static_cast<uint16_t*>(grow) + off);
+  }
+  KD_ROW_INLINE void flush16(const uint16_t* h, int64_t off, int64_t n) {  // h: from b16()
+    if (h != S->hbuf) return;
+    if (P->stream) out.put(h, n * 2, static_cast<uint16_t*>(grow) + off);
+    else std::memcpy(static_cast<uint16_t*>(grow) + off, h, size_t(n) * 2);
+  }
+};
+
+// The last pass over a row with a gradient, where it reads no input: the gradient from the
+// cached rows alone (forward KL below AVX-512: e^q and e^p; the G divergences: e^q and the
+// stored g; no divergence: the CE term only), plus the CE term, block by block. (Tried and
+// left out: putting this pass off into the thread's next row, one block per block of that
+// row's pass A, so that a streamed gradient's writes overlap the next reads. A/B on Zen 3
+// at 512 x 32000, 2 threads: bf16 forward KL 1.00-1.04x, jsd 1.03x the time of running it
+// here, f32 forward KL no clear gain; two rows' exps no longer fit in L2.)
+struct GradPass {
+  GradOut go;
+  int32_t div = kNoDivergence;
+  int64_t v = 0;
+  const float* eq = nullptr;  // e^q
+  const float* eg = nullptr;  // e^p (forward KL) or the stored g
+  const float* cq = nullptr;  // per-block scales of e^q, e^p
+  const float* cp = nullptr;
+  float sum_p = 1.0f, a1 = 0.0f, Lf = 0.0f, Gf = 0.0f, beta = 0.0f;
+  CeGrad ceg;
+  bool g_b16 = false, div_grad_on = false, ce_grad = false;
+  bool direct = false;  // AVX2 forward KL, f32 streamed, no CE: fkl_grad_stream
+
+  template <class O>
+  KD_ROW_INLINE void div_block(int64_t b, int64_t off, int64_t n, O* g) const {
+    switch (div) {
+      case kForwardKl: return fkl_grad_block(eq + off, eg + off, n, cq[b] * sum_p, cp[b], a1, g);
+      case kReverseKl: return gdiv_grad_block<kReverseKl>(eq + off, eg + off, n, cq[b], a1, Lf, Gf, beta, g);
+      case kJsd: return gdiv_grad_block<kJsd>(eq + off, eg + off, n, cq[b], a1, Lf, Gf, beta, g);
+      case kTvd: return gdiv_grad_block<kTvd>(eq + off, eg + off, n, cq[b], a1, Lf, Gf, beta, g);
+      case kSkewForwardKl: return gdiv_grad_block<kSkewForwardKl>(eq + off, eg + off, n, cq[b], a1, Lf, Gf, beta, g);
+      case kSkewReverseKl: return gdiv_grad_block<kSkewReverseKl>(eq + off, eg + off, n, cq[b], a1, Lf, Gf, beta, g);
+      default: return;
+    }
+  }
+  KD_ROW_INLINE void block(int64_t b) {
+    const int64_t off = b * kBlock, n = std::min(kBlock, v - off);
+#if defined(KD_ISA_avx2)
+    if (direct) return fkl_grad_stream(eq + off, eg + off, n, cq[b] * sum_p, cp[b], a1, static_cast<float*>(go.grow) + off, go.out);
+#endif
+    if (g_b16) {  // (implies div_grad_on, no CE)
+      uint16_t* hb = go.b16(false, off);
+      div_block(b, off, n, hb);
+      return go.flush16(hb, off, n);
+    }
+    float* gb = go.f32(false, off);
+    if (div_grad_on) div_block(b, off, n, gb);
+    else std::fill(gb, gb + n, 0.0f);
+    if (ce_grad) ceg.add(gb, b, off, n);
+    go.flush32(gb, off, n);
+  }
+  int64_t blocks() const { return (v + kBlock - 1) / kBlock; }
+};
 
 // Where forward KL takes its loss. AVX-512 keeps the loss in pass B (fkl_block /
 // fkl_block_bf16, tuned and measured on Zen 4: pass B reads z and t again from L2, which
@@ -614,32 +749,26 @@ void row_kernel(const Plan& P, int64_t i, int64_t next, Scratch& S) {
   // forward KL in place (it reads z while it writes the same row).
   const bool g_f32 = GRAD && a.g_dtype == kF32;
   const bool g_b16 = GRAD && a.g_dtype == kBF16 && div_grad_on && !ce_grad && !has_bf16_hw();
-  auto g32 = [&](bool reads_z, int64_t off) {  // the f32 destination of a block
-    return g_f32 && !P.stream && !(reads_z && a.grad == a.s) ? static_cast<float*>(grow) + off : S.gbuf;
-  };
-  auto g16 = [&](bool reads_z, int64_t off) {  // the bf16 destination (g_b16)
-    return !P.stream && !(reads_z && a.grad == a.s) ? static_cast<uint16_t*>(grow) + off : S.hbuf;
-  };
-  LineStream out;  // P.stream: the gradient row, streamed block by block
-  auto flush32 = [&](const float* g, int64_t off, int64_t n) {  // g: from g32()
-    if (g != S.gbuf) return;
-    if (!P.stream) return store_block(g, n, a.g_dtype, grow, off);
-    if (g_f32) return out.put(g, n * 4, static_cast<float*>(grow) + off);
-    // (bf16: converted into an L1 block, then streamed out. Measured slower: converting
-    // straight into streaming stores, bf16_from_f32_hw's loop with _mm512_stream_si512,
-    // bf16/f32 elem/s 0.85-0.96 against 0.99-1.03; a copy loop streams better.)
-    store_block(g, n, a.g_dtype, S.hbuf, 0);
-    out.put(S.hbuf, n * 2, static_cast<uint16_t*>(grow) + off);
-  };
-  auto flush16 = [&](const uint16_t* h, int64_t off, int64_t n) {  // h: from g16()
-    if (h != S.hbuf) return;
-    if (P.stream) out.put(h, n * 2, static_cast<uint16_t*>(grow) + off);
-    else std::memcpy(static_cast<uint16_t*>(grow) + off, h, size_t(n) * 2);
+  GradOut go;
+  go.P = &P, go.S = &S, go.grow = grow, go.dtype = a.g_dtype, go.g_f32 = g_f32, go.in_place = a.grad == a.s;
+  // The first blocks of the thread's next row, prefetched during the last pass over this one.
+  NextRowPrefetch pf_next(a.s, a.s_dtype, a.lds, kHasDiv ? a.t : nullptr, a.t_dtype, a.ldt, next, v, nb);
+  // The last pass, where it reads no input (GradPass)
+  GradPass gp;
+  gp.go = go, gp.div = DIV, gp.v = v, gp.eq = eq, gp.eg = ep, gp.cq = blk[kQScale], gp.cp = blk[kPScale];
+  gp.sum_p = sum_p, gp.a1 = a1, gp.beta = P.beta, gp.ceg = ceg;
+  gp.g_b16 = g_b16, gp.div_grad_on = div_grad_on, gp.ce_grad = ce_grad;
+  gp.direct = DIV == kForwardKl && P.stream && g_f32 && div_grad_on && !ce_grad && (reinterpret_cast<uintptr_t>(grow) & 3) == 0;
+  auto last_pass = [&]() {
+    for (int64_t b = 0; b < gp.blocks(); ++b) {
+      pf_next.step();
+      gp.block(b);
+    }
+    gp.go.out.finish();
   };
 
   const RowConst rc{sq.m, sq.log_s, sp.m, sp.log_s, inv_t, P.beta, P.skew};
   double L = 0.0;
-  NextRowPrefetch pf_next(a.s, a.s_dtype, a.lds, kHasDiv ? a.t : nullptr, a.t_dtype, a.ldt, next, v, nb);
 
   if constexpr (DIV == kForwardKl && kFklLossInPassA) {
     // ---- the loss from pass A's block sums (fkl_cross_block), in double ----------------
@@ -655,32 +784,15 @@ void row_kernel(const Plan& P, int64_t i, int64_t next, Scratch& S) {
       L += cp * (it * double(blk[kCross][b]) + (sp_b == 0.0 ? 0.0 : sp_b * k_b));
     }
     // ---- pass B: the gradient from e^q and e^p alone ---------------------------------
-    if (GRAD) {
-      for (int64_t b = 0; b < nb; ++b) {
-        const int64_t off = b * kBlock, n = std::min(kBlock, v - off);
-        pf_next.step();
-        const float cqs = blk[kQScale][b] * sum_p, cp = blk[kPScale][b];
-        if (g_b16) {
-          uint16_t* hb = g16(false, off);
-          fkl_grad_block(eq + off, ep + off, n, cqs, cp, a1, hb);
-          flush16(hb, off, n);
-          continue;
-        }
-        float* gb = g32(false, off);
-        if (div_grad_on) fkl_grad_block(eq + off, ep + off, n, cqs, cp, a1, gb);
-        else std::fill(gb, gb + n, 0.0f);
-        if (ce_grad) ceg.add(gb, b, off, n);
-        flush32(gb, off, n);
-      }
-    }
+    if (GRAD) last_pass();
   } else if constexpr (DIV == kForwardKl) {
     // ---- pass B: loss and gradient in one sweep --------------------------------------
     for (int64_t b = 0; b < nb; ++b) {
       const int64_t off = b * kBlock, n = std::min(kBlock, v - off);
       pf_next.step();
       const float cq = blk[kQScale][b], cp = blk[kPScale][b];
-      float* gb = g32(true, off);
-      uint16_t* hb = g_b16 ? g16(true, off) : nullptr;
+      float* gb = go.f32(true, off);
+      uint16_t* hb = g_b16 ? go.b16(true, off) : nullptr;
       bool summed = false;
       with_blocks(zrow, a.s_dtype, trow, a.t_dtype, off, n, S, [&](const auto* z, const auto* t) {
         with_unit(inv_t, [&](auto unit) {
@@ -703,11 +815,11 @@ void row_kernel(const Plan& P, int64_t i, int64_t next, Scratch& S) {
       });
       if (!summed) L += double(sum_block(S.tmp[0], n));
       if (g_b16) {
-        flush16(hb, off, n);
+        go.flush16(hb, off, n);
       } else if (GRAD) {
         if (!div_grad_on) std::fill(gb, gb + n, 0.0f);
         if (ce_grad) ceg.add(gb, b, off, n);
-        flush32(gb, off, n);
+        go.flush32(gb, off, n);
       }
     }
   } else if constexpr (kHasDiv) {
@@ -748,36 +860,16 @@ void row_kernel(const Plan& P, int64_t i, int64_t next, Scratch& S) {
     }
     // ---- pass C: the gradient from q and the stored g --------------------------------
     if (GRAD) {
-      const float Lf = float(L), Gf = float(G);
-      for (int64_t b = 0; b < nb; ++b) {
-        const int64_t off = b * kBlock, n = std::min(kBlock, v - off);
-        if (g_b16) {
-          uint16_t* hb = g16(false, off);
-          gdiv_grad_block<DIV>(eq + off, ep + off, n, blk[kQScale][b], a1, Lf, Gf, P.beta, hb);
-          flush16(hb, off, n);
-          continue;
-        }
-        float* gb = g32(false, off);
-        if (div_grad_on) gdiv_grad_block<DIV>(eq + off, ep + off, n, blk[kQScale][b], a1, Lf, Gf, P.beta, gb);
-        else std::fill(gb, gb + n, 0.0f);
-        if (ce_grad) ceg.add(gb, b, off, n);
-        flush32(gb, off, n);
-      }
+      gp.Lf = float(L), gp.Gf = float(G);
+      last_pass();
     }
   } else if (GRAD) {
     // ---- no divergence: the CE gradient only -----------------------------------------
-    for (int64_t b = 0; b < nb; ++b) {
-      const int64_t off = b * kBlock, n = std::min(kBlock, v - off);
-      pf_next.step();
-      float* gb = g32(false, off);
-      std::fill(gb, gb + n, 0.0f);
-      if (ce_grad) ceg.add(gb, b, off, n);
-      flush32(gb, off, n);
-    }
+    last_pass();
   }
 
   if (GRAD && P.stream) {
-    out.finish();
+    go.out.finish();  // (forward KL's pass B at AVX-512 streams through go)
     stream_fence();
   }
 
