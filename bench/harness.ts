@@ -470,7 +470,8 @@ export function triadSamples(name: string, run: () => void, budget: Budget): num
 // Results
 // ---------------------------------------------------------------------------------
 
-export type ContenderName = 'js-loop' | 'tfjs' | 'torch-eager' | 'torch-compile';
+/** torch-topk: torch.topk alone (values and ids; no log-probs, no tail), a timing for topk only. */
+export type ContenderName = 'js-loop' | 'tfjs' | 'torch-eager' | 'torch-compile' | 'torch-topk';
 
 export interface ContenderResult {
   contender: ContenderName;

@@ -19,6 +19,7 @@ import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import * as kd from '../lib/index.js';
 import { JS_CONTENDERS, type JsInputs } from './contenders/js_loop.js';
+import { TOPK_K, TOPK_ORDERINGS } from './topk.bench.js';
 import { loadTfjs, makeTfjsCase, TFJS_LOSSES, tfjsVersion, type Tf } from './contenders/tfjs.js';
 import {
   ROOT, FULL_BUDGET, QUICK_BUDGET, Progress, collectGarbage, contendersTable, disposeCaseData, floorStats, fmtDuration, fmtMs, fmtNum,
@@ -46,7 +47,8 @@ const HELP = `kd-kernels benchmark (npm run bench -- [options])
   --shape <list>       NxV shapes, e.g. 512x32000,128x151936 (default: the full grid
                        N ∈ {1,128,512,4096} × V ∈ {32000,128256,151936}, N = 4096 for
                        forward KL only, N = 1 on all threads only, bf16 on 1 thread
-                       for forward KL only; shapes that don't fit in memory are skipped)
+                       for forward KL only, and 256x151936 for topk, f32 on all threads;
+                       shapes that don't fit in memory are skipped)
   --contenders <list>  js, tfjs, torch, none (default: js,tfjs, and torch on CUDA when
                        python3 has torch with CUDA; on the CPU, torch eager for forward
                        KL and JSD f32 and for topk (all its input orderings) on all
@@ -224,6 +226,8 @@ function included(op: OpSpec, shape: Shape, dtype: BenchDtype, threads: number |
     return dOk && tOk && both;
   }
   if (!userShapes && shape.N === 4096 && !fkl) return false;
+  // 256×151936: the top-k shape of the project's targets (its orderings and torch.topk), f32 on all threads.
+  if (!userShapes && shape.N === 256 && (op.suite !== 'topk' || dtype !== 'f32' || (threads !== null && threads !== allThreads))) return false;
   // bf16 on one thread tells little that f32 on one thread and bf16 on all don't: forward KL only.
   if (!userDtypes && !userThreads && dtype === 'bf16' && threads !== null && threads !== allThreads && !fkl) return false;
   // One row is one thread's work whatever the pool size (rows are split over threads).
@@ -252,7 +256,7 @@ function tfjsLimit(op: OpSpec, shape: Shape): number {
   return op.name === 'forward-kl' && shape.V <= 32000 && shape.N >= 512 ? 512 * 32000 : 650_000;
 }
 
-const shapes: Shape[] = userShapes ?? (quick ? [{ N: 512, V: 32000 }] : FULL_V.flatMap((V) => FULL_N.map((N) => ({ N, V }))));
+const shapes: Shape[] = userShapes ?? (quick ? [{ N: 512, V: 32000 }] : [...FULL_V.flatMap((V) => FULL_N.map((N) => ({ N, V }))), { N: 256, V: 151936 }]);
 const dtypes: BenchDtype[] = userDtypes ?? ['f32', 'bf16'];
 const threadList = (userThreads ?? [1, allThreads]).filter((x, i, a) => a.indexOf(x) === i).sort((a, b) => a - b);
 const runnable = ops.filter((o) => !unavailable.has(o.name));
@@ -683,7 +687,8 @@ function torchCpu(what: string, ops: string[], shapes: string[], dtypes: string[
       const stats: Stats = statsOf(j.ms);
       const el = j.N * j.V;
       const bytes = (j.op.startsWith('topk') ? 1 : 3) * el * (dtype === 'f32' ? 4 : 2); // topk reads one row; the losses three
-      contenders.push({ contender: j.contender, op: j.op, device: 'cpu', dtype, N: j.N, V: j.V, elements: el, bytes, stats, elemsPerS: el / (stats.median / 1000), gbps: bytes / (stats.median * 1e6), threads: allThreads, note: `torch ${py}, ${allThreads} threads, own data, same distribution` });
+      const what = j.contender === 'torch-topk' ? 'torch.topk alone (values, ids; no log-probs, no tail), ' : '';
+      contenders.push({ contender: j.contender, op: j.op, device: 'cpu', dtype, N: j.N, V: j.V, elements: el, bytes, stats, elemsPerS: el / (stats.median / 1000), gbps: bytes / (stats.median * 1e6), threads: allThreads, note: `${what}torch ${py}, ${allThreads} threads, own data, same distribution` });
     } catch {
       /* not ours */
     }
@@ -748,8 +753,9 @@ if (contenderKinds.has('torch') && cudaGroups.length > 0) {
           const el = j.N * j.V;
           // Bytes an ideal pass moves: loss + gradient read two rows and write one; topk
           // reads one (its outputs are N·k, negligible).
-          const bytes = (j.op === 'topk' ? 1 : 3) * el * (j.dtype === 'f32' ? 4 : 2);
-          contenders.push({ contender: j.contender, op: j.op, device: 'cuda', dtype: j.dtype, N: j.N, V: j.V, elements: el, bytes, stats, elemsPerS: el / (stats.median / 1000), gbps: bytes / (stats.median * 1e6), note: 'own data, same distribution' });
+          const bytes = (j.op.startsWith('topk') ? 1 : 3) * el * (j.dtype === 'f32' ? 4 : 2);
+          const what = j.contender === 'torch-topk' ? 'torch.topk alone (values, ids; no log-probs, no tail), ' : '';
+          contenders.push({ contender: j.contender, op: j.op, device: 'cuda', dtype: j.dtype, N: j.N, V: j.V, elements: el, bytes, stats, elemsPerS: el / (stats.median / 1000), gbps: bytes / (stats.median * 1e6), note: `${what}own data, same distribution` });
         } catch {
           /* not ours */
         }
@@ -834,6 +840,17 @@ function headline(): string[] {
   for (const [name, r] of [['forward KL default call', fd], ['forward KL default call + dispose', fdd], ['JSD default call + dispose', jd]] as const) {
     const t = r?.speedups['torch-eager'];
     if (r && t) out.push(`${name} vs PyTorch CPU eager fwd+bwd (f32 512×32000, ${allThreads} threads): ${fmtSpeedup(t.speedup)}`);
+  }
+  // topk (k = 64, f32, all threads) at the target shape 256×151936: each input ordering
+  // against the i.i.d. case, and each against torch.topk alone (values and ids only).
+  const ti = find('topk', 'f32', allThreads, 256, 151936);
+  if (ti) {
+    const ords = TOPK_ORDERINGS.filter((o) => o !== 'iid').map((o) => [o, find(`topk-${o}`, 'f32', allThreads, 256, 151936)] as const);
+    out.push(`topk k=${TOPK_K} f32 256×151936, ${allThreads} threads: i.i.d. ${fmtMs(ti.stats.median)} ms; time / i.i.d.: ` +
+      ords.map(([o, r]) => `${o} ${r ? (r.stats.median / ti.stats.median).toFixed(2) : '-'}`).join(', '));
+    const vt = (r: CaseResult | undefined) => (r?.speedups['torch-topk'] ? fmtSpeedup(r.speedups['torch-topk'].speedup) : '-');
+    if (ti.speedups['torch-topk'])
+      out.push(`topk vs torch.topk alone (f32 256×151936, ${allThreads} threads): i.i.d. ${vt(ti)}; ` + ords.map(([o, r]) => `${o} ${vt(r)}`).join(', '));
   }
   const b = find('forward-kl', 'bf16', allThreads);
   if (f && b) out.push(`forward KL bf16 / f32 elements per second (512×32000, ${allThreads} threads): ${(b.elemsPerS / f.elemsPerS).toFixed(2)} (${fmtRate(b.elemsPerS)} vs ${fmtRate(f.elemsPerS)} elem/s)`);
