@@ -196,9 +196,10 @@ describe('determinism', () => {
  * computed independently, so the same rows in calls below that size (plain stores) give
  * the reference bit for bit; the gradient array starts 0-15 elements off a 64-byte line
  * (V8 aligns a Float32Array's memory to 16 bytes only) and V is odd, so every row starts
- * at a different offset within a line.
+ * at a different offset within a line. At AVX2 a forward KL f32 gradient is streamed
+ * straight from the registers (cpu/divergence.cc fkl_grad_stream): also in place.
  */
-describe('streamed gradients (>= 16 MiB) at any alignment equal the plain-store path bit for bit', () => {
+describe('streamed gradients (>= 16 MiB) at any alignment and in place equal the plain-store path bit for bit', () => {
   const N = 41;
   const V = 204_803; // 41 × 204 803 × 2 bytes = 16.8 MB (bf16), 33.6 MB (f32)
   const CHUNK = 13; // rows per reference call: 13 × V × 4 bytes = 10.6 MB, plain stores
@@ -245,6 +246,13 @@ describe('streamed gradients (>= 16 MiB) at any alignment equal the plain-store 
           const outside = [...backing.subarray(0, off), ...backing.subarray(off + elems)];
           expect(outside.every((x) => x === SENTINEL[dtype]), `offset ${off}: written outside the gradient`).toBe(true);
         }
+        // In place: the student's own memory receives the streamed gradient.
+        const own = sa.slice();
+        const sIn = kd.tensor(own, [N, V], { dtype });
+        expect(c.call(sIn, tensorOf(dtype, ta, 0, N), { grad: 'inplace' }, 0, N).grad).toBe(sIn);
+        const bad = own.findIndex((x, j) => !Object.is(x, expected[j]));
+        if (bad >= 0)
+          throw new Error(`in place: first mismatch at row ${Math.floor(bad / V)}, col ${bad % V}: got ${own[bad]}, want ${expected[bad]}`);
       });
 });
 
