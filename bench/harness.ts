@@ -109,7 +109,7 @@ export interface OpSpec {
   budgetScale?: number;
   /**
    * The op this one is a ratio against in the headline (a call path against the
-   * preallocated call it makes). Besides its own samples, the case is then timed in
+   * preallocated call it makes; jsd against forward KL). Besides its own samples, the case is then timed in
    * rounds alternating with that op's calls on the same data (harness `pairedRatio`), so
    * the ratio does not carry the minutes of machine drift between two separate cases.
    */

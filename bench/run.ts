@@ -817,7 +817,11 @@ function headline(): string[] {
   }
   const f = find('forward-kl', 'f32', allThreads);
   const j = find('jsd', 'f32', allThreads);
-  if (f && j) out.push(`JSD / forward KL time (f32 512×32000, ${allThreads} threads): ${(j.stats.median / f.stats.median).toFixed(2)}`);
+  if (f && j)
+    out.push(
+      `JSD / forward KL time (f32 512×32000, ${allThreads} threads): ${(j.stats.median / f.stats.median).toFixed(2)} (the two cases' medians)` +
+        (j.paired ? `; paired: median ${j.paired.medianRatio.toFixed(2)}, mean ${j.paired.meanRatio.toFixed(2)} (${fmtMs(j.paired.caseMeanMs)} vs ${fmtMs(j.paired.baselineMeanMs)} ms; ${j.paired.rounds} alternating rounds of ${j.paired.callsPerRound} calls)` : ''),
+    );
   // The call paths (bench/call_path.bench.ts), each against the preallocated call, and PyTorch CPU.
   const fd = find('forward-kl-default', 'f32', allThreads);
   const fdd = find('forward-kl-default-dispose', 'f32', allThreads);
