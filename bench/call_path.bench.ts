@@ -8,6 +8,10 @@
  *   (`steadyStateCalls`), once the pool holds the gradients V8 has yet to collect (a few:
  *   V8's scavenges find them, native/common/tuning.h kPoolV8FullBelow), as in a training
  *   loop after its first steps; the first calls fault in fresh pages.
+ * - forward-kl-default-held: the same, but each result stays referenced until the next call
+ *   has returned (as a top-level `const r = kd.klDiv(s, t)` in a loop body holds the previous
+ *   step's result during the call): V8's young collection at the next gradient's creation
+ *   finds it alive and promotes it, so its block comes back only after a full collection.
  * - forward-kl-default-dispose: the same, disposing the result each call (the gradient's
  *   block goes straight back to the pool and is reused next call, not zero-filled).
  * - jsd-default: jsd β = 0.5 with dispose, as forward-kl-default-dispose.
@@ -64,6 +68,36 @@ export const ops: OpSpec[] = [
     allThreadsOnly: true,
     traffic: (s, dt) => lossTraffic(s, dt),
     make: defaultCall((d) => kd.klDiv(d.student, d.teacher), false),
+    steadyStateCalls: 48,
+    budgetScale: 4,
+    pairedBaseline: 'forward-kl',
+    contenders: { torch: 'forward-kl' },
+  },
+  {
+    name: 'forward-kl-default-held',
+    title: 'klDiv forward, default call: fresh grad, no dispose, held until the next call',
+    suite: 'call_path',
+    dtypes: ['f32'],
+    allThreadsOnly: true,
+    traffic: (s, dt) => lossTraffic(s, dt),
+    make(d: CaseData) {
+      let held: kd.LossResult | undefined;
+      return {
+        run() {
+          held = kd.klDiv(d.student, d.teacher);
+          d.sync();
+        },
+        value() {
+          const r = kd.klDiv(d.student, d.teacher);
+          const v = r.loss.item();
+          disposeOutputs(r);
+          return v;
+        },
+        dispose() {
+          held = undefined;
+        },
+      };
+    },
     steadyStateCalls: 48,
     budgetScale: 4,
     pairedBaseline: 'forward-kl',

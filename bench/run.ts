@@ -37,8 +37,9 @@ const HELP = `kd-kernels benchmark (npm run bench -- [options])
                        skew-kl, distillation-loss (both its cases), distillation-loss-jsd
                        (½ CE + ½ JSD alone), token-stats, topk, sample-teacher,
                        sparse-kl-div, and the call paths (bench/call_path.bench.ts):
-                       forward-kl-default, forward-kl-default-dispose, jsd-default,
-                       tfjs-kd-loss-step (file names such as kl_div also work)
+                       forward-kl-default, forward-kl-default-held,
+                       forward-kl-default-dispose, jsd-default, tfjs-kd-loss-step
+                       (file names such as kl_div also work)
   --device <list>      cpu, cuda (default: cpu, and cuda when available); or webgpu alone:
                        the WGSL kernels vs tfjs-webgpu (tf ops + autograd) and the copy
                        floor, on one GPUDevice (bench/webgpu.ts; --shape, --op forward-kl,jsd)
@@ -162,7 +163,7 @@ if (contenderKinds.has('none')) contenderKinds.clear();
 
 const ORDER = [
   'forward-kl', 'reverse-kl', 'jsd', 'tvd', 'skew-kl', 'distillation-loss', 'distillation-loss-jsd', 'token-stats', 'topk', 'topk-ascending', 'topk-descending', 'topk-zipf', 'topk-equal', 'sample-teacher', 'sparse-kl-div',
-  'forward-kl-default', 'forward-kl-default-dispose', 'jsd-default', 'tfjs-kd-loss-step',
+  'forward-kl-default', 'forward-kl-default-held', 'forward-kl-default-dispose', 'jsd-default', 'tfjs-kd-loss-step',
 ];
 const allOps: OpSpec[] = [];
 for (const f of readdirSync(join(ROOT, 'bench')).filter((f) => f.endsWith('.bench.ts')).sort()) {
@@ -824,6 +825,7 @@ function headline(): string[] {
     );
   // The call paths (bench/call_path.bench.ts), each against the preallocated call, and PyTorch CPU.
   const fd = find('forward-kl-default', 'f32', allThreads);
+  const fdh = find('forward-kl-default-held', 'f32', allThreads);
   const fdd = find('forward-kl-default-dispose', 'f32', allThreads);
   const jd = find('jsd-default', 'f32', allThreads);
   const step = find('tfjs-kd-loss-step', 'f32', allThreads);
@@ -838,10 +840,11 @@ function headline(): string[] {
       : `median ${(a.stats.median / b.stats.median).toFixed(2)} (${fmtMs(a.stats.median)} vs ${fmtMs(b.stats.median)} ms), ` +
         `mean ${(a.stats.mean / b.stats.mean).toFixed(2)} (${fmtMs(a.stats.mean)} vs ${fmtMs(b.stats.mean)} ms)`;
   if (f && fd) out.push(`default call (fresh grad, no dispose) / preallocated, forward KL f32 512×32000: ${vs(fd, f)}`);
+  if (f && fdh) out.push(`default call (no dispose, each result held until the next call) / preallocated, forward KL f32 512×32000: ${vs(fdh, f)}`);
   if (f && fdd) out.push(`default call + dispose / preallocated, forward KL f32 512×32000: ${vs(fdd, f)}`);
   if (j && jd) out.push(`default call + dispose / preallocated, JSD f32 512×32000: ${vs(jd, j)}`);
   if (f && step) out.push(`tfjs kdLoss step (variableGrads) / raw preallocated call, forward KL f32 512×32000: ${vs(step, f)}`);
-  for (const [name, r] of [['forward KL default call', fd], ['forward KL default call + dispose', fdd], ['JSD default call + dispose', jd]] as const) {
+  for (const [name, r] of [['forward KL default call', fd], ['forward KL default call, held', fdh], ['forward KL default call + dispose', fdd], ['JSD default call + dispose', jd]] as const) {
     const t = r?.speedups['torch-eager'];
     if (r && t) out.push(`${name} vs PyTorch CPU eager fwd+bwd (f32 512×32000, ${allThreads} threads): ${fmtSpeedup(t.speedup)}`);
   }
