@@ -43,20 +43,33 @@ else {
   }
 }
 
-function defaultCall(fn: (d: CaseData) => kd.LossResult, dispose: boolean) {
-  return (d: CaseData) => ({
-    run() {
-      const r = fn(d);
-      if (dispose) disposeOutputs(r);
-      d.sync();
-    },
-    value() {
-      const r = fn(d);
-      const v = r.loss.item();
-      disposeOutputs(r);
-      return v;
-    },
-  });
+/**
+ * What a call path does with each result: 'drop' lets it go out of scope at once, 'hold'
+ * keeps it referenced until the next call has returned, 'dispose' disposes it.
+ */
+type AfterCall = 'drop' | 'hold' | 'dispose';
+
+function defaultCall(fn: (d: CaseData) => kd.LossResult, after: AfterCall) {
+  return (d: CaseData) => {
+    let held: kd.LossResult | undefined;
+    return {
+      run() {
+        const r = fn(d);
+        if (after === 'dispose') disposeOutputs(r);
+        else if (after === 'hold') held = r;
+        d.sync();
+      },
+      value() {
+        const r = fn(d);
+        const v = r.loss.item();
+        disposeOutputs(r);
+        return v;
+      },
+      dispose() {
+        held = undefined;
+      },
+    };
+  };
 }
 
 export const ops: OpSpec[] = [
@@ -67,7 +80,7 @@ export const ops: OpSpec[] = [
     dtypes: ['f32'],
     allThreadsOnly: true,
     traffic: (s, dt) => lossTraffic(s, dt),
-    make: defaultCall((d) => kd.klDiv(d.student, d.teacher), false),
+    make: defaultCall((d) => kd.klDiv(d.student, d.teacher), 'drop'),
     steadyStateCalls: 48,
     budgetScale: 4,
     pairedBaseline: 'forward-kl',
@@ -80,24 +93,7 @@ export const ops: OpSpec[] = [
     dtypes: ['f32'],
     allThreadsOnly: true,
     traffic: (s, dt) => lossTraffic(s, dt),
-    make(d: CaseData) {
-      let held: kd.LossResult | undefined;
-      return {
-        run() {
-          held = kd.klDiv(d.student, d.teacher);
-          d.sync();
-        },
-        value() {
-          const r = kd.klDiv(d.student, d.teacher);
-          const v = r.loss.item();
-          disposeOutputs(r);
-          return v;
-        },
-        dispose() {
-          held = undefined;
-        },
-      };
-    },
+    make: defaultCall((d) => kd.klDiv(d.student, d.teacher), 'hold'),
     steadyStateCalls: 48,
     budgetScale: 4,
     pairedBaseline: 'forward-kl',
@@ -110,7 +106,7 @@ export const ops: OpSpec[] = [
     dtypes: ['f32'],
     allThreadsOnly: true,
     traffic: (s, dt) => lossTraffic(s, dt),
-    make: defaultCall((d) => kd.klDiv(d.student, d.teacher), true),
+    make: defaultCall((d) => kd.klDiv(d.student, d.teacher), 'dispose'),
     budgetScale: 4,
     pairedBaseline: 'forward-kl',
     contenders: { torch: 'forward-kl' },
@@ -122,7 +118,7 @@ export const ops: OpSpec[] = [
     dtypes: ['f32'],
     allThreadsOnly: true,
     traffic: (s, dt) => lossTraffic(s, dt),
-    make: defaultCall((d) => kd.jsd(d.student, d.teacher, { beta: 0.5 }), true),
+    make: defaultCall((d) => kd.jsd(d.student, d.teacher, { beta: 0.5 }), 'dispose'),
     budgetScale: 4,
     pairedBaseline: 'jsd',
     contenders: { torch: 'jsd' },

@@ -816,12 +816,22 @@ function headline(): string[] {
         `${tfs ? `${fmtSpeedup(tfs.speedup)} tfjs${tfs.N !== 512 ? ` (at ${tfs.N}×${tfs.V}, per element)` : ''}` : 'no tfjs'}`,
     );
   }
+  // Medians and means: a loop that drops its outputs pays V8's collections on a few calls
+  // out of many, which the median leaves out and the mean (what a training loop pays) keeps.
+  // Paired (harness pairedRatio: rounds alternating with the baseline on the same data) where
+  // the case has it (OpSpec.pairedBaseline), else the two cases' own samples.
+  const vs = (a: CaseResult, b: CaseResult) =>
+    a.paired
+      ? `median ${a.paired.medianRatio.toFixed(2)}, mean ${a.paired.meanRatio.toFixed(2)} (${fmtMs(a.paired.caseMeanMs)} vs ${fmtMs(a.paired.baselineMeanMs)} ms; ` +
+        `${a.paired.rounds} alternating rounds of ${a.paired.callsPerRound} calls)`
+      : `median ${(a.stats.median / b.stats.median).toFixed(2)} (${fmtMs(a.stats.median)} vs ${fmtMs(b.stats.median)} ms), ` +
+        `mean ${(a.stats.mean / b.stats.mean).toFixed(2)} (${fmtMs(a.stats.mean)} vs ${fmtMs(b.stats.mean)} ms)`;
   const f = find('forward-kl', 'f32', allThreads);
   const j = find('jsd', 'f32', allThreads);
   if (f && j)
     out.push(
       `JSD / forward KL time (f32 512×32000, ${allThreads} threads): ${(j.stats.median / f.stats.median).toFixed(2)} (the two cases' medians)` +
-        (j.paired ? `; paired: median ${j.paired.medianRatio.toFixed(2)}, mean ${j.paired.meanRatio.toFixed(2)} (${fmtMs(j.paired.caseMeanMs)} vs ${fmtMs(j.paired.baselineMeanMs)} ms; ${j.paired.rounds} alternating rounds of ${j.paired.callsPerRound} calls)` : ''),
+        (j.paired ? `; paired: ${vs(j, f)}` : ''),
     );
   // The call paths (bench/call_path.bench.ts), each against the preallocated call, and PyTorch CPU.
   const fd = find('forward-kl-default', 'f32', allThreads);
@@ -829,16 +839,6 @@ function headline(): string[] {
   const fdd = find('forward-kl-default-dispose', 'f32', allThreads);
   const jd = find('jsd-default', 'f32', allThreads);
   const step = find('tfjs-kd-loss-step', 'f32', allThreads);
-  // Medians and means: a loop that drops its outputs pays V8's collections on a few calls
-  // out of many, which the median leaves out and the mean (what a training loop pays) keeps.
-  // Paired (harness pairedRatio: rounds alternating with the preallocated call) where the
-  // case has it, else the two cases' own samples.
-  const vs = (a: CaseResult, b: CaseResult) =>
-    a.paired
-      ? `median ${a.paired.medianRatio.toFixed(2)}, mean ${a.paired.meanRatio.toFixed(2)} (${fmtMs(a.paired.caseMeanMs)} vs ${fmtMs(a.paired.baselineMeanMs)} ms; ` +
-        `${a.paired.rounds} alternating rounds of ${a.paired.callsPerRound} calls)`
-      : `median ${(a.stats.median / b.stats.median).toFixed(2)} (${fmtMs(a.stats.median)} vs ${fmtMs(b.stats.median)} ms), ` +
-        `mean ${(a.stats.mean / b.stats.mean).toFixed(2)} (${fmtMs(a.stats.mean)} vs ${fmtMs(b.stats.mean)} ms)`;
   if (f && fd) out.push(`default call (fresh grad, no dispose) / preallocated, forward KL f32 512×32000: ${vs(fd, f)}`);
   if (f && fdh) out.push(`default call (no dispose, each result held until the next call) / preallocated, forward KL f32 512×32000: ${vs(fdh, f)}`);
   if (f && fdd) out.push(`default call + dispose / preallocated, forward KL f32 512×32000: ${vs(fdd, f)}`);
