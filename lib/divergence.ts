@@ -135,15 +135,27 @@ function prepare(student: unknown, teacher: unknown, o: Record<string, unknown>,
     }
   }
   if (o.grad === 'inplace' && (s.t === t.t)) throw new KdError(`${op}: grad 'inplace' with the same tensor as student and teacher`, 'KD_EINVAL');
-  const g = resolveGrad(o.grad, gradDtype, s, op);
 
   const dev = deviceName(device);
+  // The loss and per-token outputs before the gradient: a small output's memory is an
+  // external allocation (tensor.ts output), and V8 runs a young collection at one made
+  // while a large young ArrayBuffer is alive, here the gradient this call takes from the
+  // pool. Made first, they cost nothing when the previous gradient was disposed; when it
+  // was dropped instead, that collection runs before the gradient is taken, so the
+  // dropped block can be reused at once.
   const loss = reduction === 'none' ? output(s.lead, 'f32', device) : output([], 'f32', device);
   const perToken = spec.perToken === true;
   const hard = perToken ? output(s.lead, 'f32', device) : undefined;
   const soft = perToken ? output(s.lead, 'f32', device) : undefined;
   const total = perToken ? output(s.lead, 'f32', device) : undefined;
   const fresh = [loss, hard, soft, total].filter((x): x is Tensor => x !== undefined);
+  let g: ReturnType<typeof resolveGrad>;
+  try {
+    g = resolveGrad(o.grad, gradDtype, s, op);
+  } catch (e) {
+    disposeAll(fresh);
+    throw e;
+  }
   if (g.t && g.t !== s.t && (o.grad === undefined || o.grad === true)) fresh.push(g.t);
   let workspace: Tensor | undefined;
   if (device >= 0) {

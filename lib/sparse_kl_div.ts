@@ -176,11 +176,17 @@ function prepare(student: unknown, teacher: unknown, opts: unknown): Prepared {
   const labels = sideInput('labels', o.labels, 'i32', s.n, device, op, temps);
   const mask = sideInput('mask', o.mask, 'u8', s.n, device, op, temps);
   const weights = sideInput('weights', o.weights, 'f32', s.n, device, op, temps);
-  const g = resolveGrad(o.grad, gradDtype, s, op);
-
   const dev = deviceName(device);
+  // The loss before the gradient (see prepare in divergence.ts).
   const loss = reduction === 'none' ? output(s.lead, 'f32', dev) : output([], 'f32', dev);
   const fresh = [loss];
+  let g: ReturnType<typeof resolveGrad>;
+  try {
+    g = resolveGrad(o.grad, gradDtype, s, op);
+  } catch (e) {
+    loss.dispose();
+    throw e;
+  }
   if (g.t && g.t !== s.t && (o.grad === undefined || o.grad === true)) fresh.push(g.t);
   let workspace: Tensor | undefined;
   if (device >= 0) {

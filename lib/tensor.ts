@@ -394,7 +394,13 @@ export function output(shape: number[], dtype: DType, device: number | Device): 
     const ab = binding().poolAlloc(bytes);
     if (ab) return new Tensor(internal, { shape, dtype, device: d, strides, data: viewOf(dtype, ab, numel), pooled: true });
   }
-  return alloc(shape, { dtype }, false, 'output');
+  if (bytes >= 65536) return alloc(shape, { dtype }, false, 'output');
+  // Small (below the pool's minimum): a plain array whose memory is off V8's heap from the start.
+  // (V8 keeps a typed array of <= 64 bytes, e.g. a scalar loss, on its heap and moves it
+  // off when the addon first reads it: an external allocation in the middle of the call,
+  // which runs a young collection whenever a large young ArrayBuffer, such as this call's
+  // pooled gradient, is alive. Ops create these small outputs before the gradient.)
+  return new Tensor(internal, { shape, dtype, device: d, strides, data: viewOf(dtype, new ArrayBuffer(bytes), numel) });
 }
 
 let minBytes = -1;

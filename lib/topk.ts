@@ -60,9 +60,9 @@ function prepare(logits: unknown, k: unknown, opts: unknown): { args: OpArgs; re
   if (o.stream !== undefined && device < 0) throw new KdError(`${op}: a stream was given but the logits are on ${deviceName(device)}, not CUDA`, 'KD_EDEVICE');
 
   const dev = deviceName(device);
+  const tailLogProb = outputTensor(x.lead, 'f32', dev);  // the smallest first (see prepare in divergence.ts)
   const values = outputTensor([...x.lead, kk], valuesDtype === 'f32' ? 'f32' : x.t.dtype, dev);
   const indices = outputTensor([...x.lead, kk], 'i32', dev);
-  const tailLogProb = outputTensor(x.lead, 'f32', dev);
   const args: OpArgs = {
     logits: x.desc,
     k: kk,
