@@ -10,8 +10,9 @@
  *   loop after its first steps; the first calls fault in fresh pages.
  * - forward-kl-default-held: the same, but each result stays referenced until the next call
  *   has returned (as a top-level `const r = kd.klDiv(s, t)` in a loop body holds the previous
- *   step's result during the call): V8's young collection at the next gradient's creation
- *   finds it alive and promotes it, so its block comes back only after a full collection.
+ *   step's result during the call): the young collection V8 runs in the next call (at its
+ *   first output) finds it alive and may promote it, whose block then comes back only after
+ *   a full collection.
  * - forward-kl-default-dispose: the same, disposing the result each call (the gradient's
  *   block goes straight back to the pool and is reused next call, not zero-filled).
  * - jsd-default: jsd β = 0.5 with dispose, as forward-kl-default-dispose.
