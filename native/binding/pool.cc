@@ -27,7 +27,8 @@
 namespace kd::binding {
 
 namespace {
-// Blocks come straight from the OS (mmap, page-aligned) rather than malloc: freeing or
+// Blocks come straight from the OS (mmap, page-aligned; huge-page-aligned and advised as
+// transparent huge pages from tuning::kPoolHugePageBytes up) rather than malloc: freeing or
 // trimming one gives its pages back at once. From malloc, 128 KiB blocks (under glibc's
 // mmap threshold once it has risen) lived in the heap, where a freed block between live
 // ones keeps its pages: the leak test's RSS after kd.trimMemory() then depended on how
@@ -40,8 +41,25 @@ void* AllocBlock(size_t bytes) {
 #if defined(_WIN32)
   return _aligned_malloc(bytes, size_t(tuning::kPoolAlign));
 #else
-  void* p = mmap(nullptr, MapBytes(bytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  return p == MAP_FAILED ? nullptr : p;
+  const size_t map = MapBytes(bytes);
+  const size_t huge = size_t(tuning::kPoolHugePageBytes);
+  if (huge == 0 || map < huge) {
+    void* p = mmap(nullptr, map, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? nullptr : p;
+  }
+  // Over-map by one huge page, keep the huge-page-aligned `map` bytes inside, unmap the
+  // rest (so FreeBlock's munmap(p, map) still frees exactly the block).
+  void* raw = mmap(nullptr, map + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  const uintptr_t r = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t a = (r + huge - 1) & ~uintptr_t(huge - 1);
+  if (a > r) munmap(raw, a - r);
+  if (r + map + huge > a + map) munmap(reinterpret_cast<void*>(a + map), r + map + huge - (a + map));
+  void* p = reinterpret_cast<void*>(a);
+#if defined(MADV_HUGEPAGE)
+  madvise(p, map, MADV_HUGEPAGE);  // advice only: a kernel without THP ignores it
+#endif
+  return p;
 #endif
 }
 void FreeBlock(void* p, size_t bytes) {
