@@ -87,13 +87,27 @@ export function flatDesc(t: Tensor, name: string): TensorDesc {
 
 export type GradOption = boolean | 'inplace' | Tensor;
 
-/** Resolves the `grad` option to an output tensor (or none). */
+/**
+ * Resolves the `grad` option to an output tensor (or none). `made`: the call's outputs
+ * made before it (ops make their small outputs first, see prepare in divergence.ts),
+ * disposed here if the option is rejected.
+ */
 export function resolveGrad(
   grad: unknown,
   gradDtype: unknown,
   s: Rows,
   op: string,
+  made: readonly Tensor[] = [],
 ): { t?: Tensor; desc?: TensorDesc } {
+  try {
+    return gradOption(grad, gradDtype, s, op);
+  } catch (e) {
+    for (const t of made) t.dispose();
+    throw e;
+  }
+}
+
+function gradOption(grad: unknown, gradDtype: unknown, s: Rows, op: string): { t?: Tensor; desc?: TensorDesc } {
   if (grad === undefined || grad === true) {
     const dtype: FloatDType = gradDtype === 'f32' ? 'f32' : (s.t.dtype as FloatDType);
     const t = output([...s.lead, s.v], dtype, s.t.deviceIndex);

@@ -149,13 +149,7 @@ function prepare(student: unknown, teacher: unknown, o: Record<string, unknown>,
   const soft = perToken ? output(s.lead, 'f32', device) : undefined;
   const total = perToken ? output(s.lead, 'f32', device) : undefined;
   const fresh = [loss, hard, soft, total].filter((x): x is Tensor => x !== undefined);
-  let g: ReturnType<typeof resolveGrad>;
-  try {
-    g = resolveGrad(o.grad, gradDtype, s, op);
-  } catch (e) {
-    disposeAll(fresh);
-    throw e;
-  }
+  const g = resolveGrad(o.grad, gradDtype, s, op, fresh);
   if (g.t && g.t !== s.t && (o.grad === undefined || o.grad === true)) fresh.push(g.t);
   let workspace: Tensor | undefined;
   if (device >= 0) {

@@ -180,13 +180,7 @@ function prepare(student: unknown, teacher: unknown, opts: unknown): Prepared {
   // The loss before the gradient (see prepare in divergence.ts).
   const loss = reduction === 'none' ? output(s.lead, 'f32', dev) : output([], 'f32', dev);
   const fresh = [loss];
-  let g: ReturnType<typeof resolveGrad>;
-  try {
-    g = resolveGrad(o.grad, gradDtype, s, op);
-  } catch (e) {
-    loss.dispose();
-    throw e;
-  }
+  const g = resolveGrad(o.grad, gradDtype, s, op, fresh);
   if (g.t && g.t !== s.t && (o.grad === undefined || o.grad === true)) fresh.push(g.t);
   let workspace: Tensor | undefined;
   if (device >= 0) {

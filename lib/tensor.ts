@@ -394,14 +394,18 @@ export function output(shape: number[], dtype: DType, device: number | Device): 
     const ab = binding().poolAlloc(bytes);
     if (ab) return new Tensor(internal, { shape, dtype, device: d, strides, data: viewOf(dtype, ab, numel), pooled: true });
   }
-  if (bytes >= 65536) return alloc(shape, { dtype }, false, 'output');
-  // Small (below the pool's minimum): a plain array whose memory is off V8's heap from the start.
-  // (V8 keeps a typed array of <= 64 bytes, e.g. a scalar loss, on its heap and moves it
-  // off when the addon first reads it: an external allocation in the middle of the call,
-  // which runs a young collection whenever a large young ArrayBuffer, such as this call's
-  // pooled gradient, is alive. Ops create these small outputs before the gradient.)
+  if (bytes > V8_ON_HEAP_MAX_BYTES) return alloc(shape, { dtype }, false, 'output');
+  // A tiny output (e.g. a scalar loss) gets an ArrayBuffer of its own, so its memory is off
+  // V8's heap from the start: V8 keeps a typed array of <= 64 bytes made without a buffer
+  // on its heap and moves it off when the addon first reads it, an external allocation in
+  // the middle of the call, which runs a young collection whenever a large young
+  // ArrayBuffer, such as this call's pooled gradient, is alive. (Larger typed arrays are
+  // off the heap from creation.) Ops create their small outputs before the gradient.
   return new Tensor(internal, { shape, dtype, device: d, strides, data: viewOf(dtype, new ArrayBuffer(bytes), numel) });
 }
+
+/** V8's largest typed array kept on its heap (its typed_array_max_size_in_heap flag). */
+const V8_ON_HEAP_MAX_BYTES = 64;
 
 let minBytes = -1;
 let defaultMinBytes = -1;

@@ -215,6 +215,31 @@ describe('output pool: dispose, finalizers, cap', () => {
     expect(young, `young collections in ${calls} disposed default calls (gc kinds seen: ${minor.join(', ') || 'none'})`).toBeLessThanOrEqual(2);
   });
 
+  it('a rejected grad option gives back the outputs made before it (klDiv, distillationLoss per token, sparseKlDiv)', () => {
+    // Ops make their small outputs before the gradient; with N = 20000 rows the per-row
+    // losses (80 KB each) come from the pool, and a bad `grad` must not leave them in use.
+    const n = 20000, v = 4, k = 2;
+    const s = kd.tensor(logits(n, v, 21), [n, v]);
+    const t = kd.tensor(logits(n, v, 22), [n, v]);
+    const bad = kd.tensor(new Float32Array(n * (v + 1)), [n, v + 1]);
+    const labels = new Int32Array(n).fill(1);
+    const top = kd.topk(t, k, { output: 'logprobs' });
+    const m0 = kd.memory().cpu;
+    const calls: [string, () => unknown][] = [
+      ['klDiv', () => kd.klDiv(s, t, { reduction: 'none', grad: bad })],
+      ['distillationLoss', () => kd.distillationLoss(s, t, labels, { reduction: 'none', grad: bad })],
+      ['sparseKlDiv', () => kd.sparseKlDiv(s, top, { tail: 'bucket', reduction: 'none', grad: bad })],
+    ];
+    try {
+      for (const [name, call] of calls) {
+        expect(errorOf(call), name).toMatchObject({ code: 'KD_ESHAPE' });
+        expect(kd.memory().cpu.inUseBytes, `${name}: bytes in use after the rejected call`).toBe(m0.inUseBytes);
+      }
+    } finally {
+      for (const x of Object.values(top)) x.dispose();
+    }
+  });
+
   it('the cap bounds pooled + in-use bytes; beyond it outputs are plain arrays, still right', () => {
     kd.trimMemory();
     expect(kd.memory().cpu.pooledBytes).toBe(0);

@@ -54,7 +54,7 @@ void* AllocBlock(size_t bytes) {
   const uintptr_t r = reinterpret_cast<uintptr_t>(raw);
   const uintptr_t a = (r + huge - 1) & ~uintptr_t(huge - 1);
   if (a > r) munmap(raw, a - r);
-  if (r + map + huge > a + map) munmap(reinterpret_cast<void*>(a + map), r + map + huge - (a + map));
+  munmap(reinterpret_cast<void*>(a + map), r + huge - a);  // the tail: a < r + huge, never empty
   void* p = reinterpret_cast<void*>(a);
 #if defined(MADV_HUGEPAGE)
   madvise(p, map, MADV_HUGEPAGE);  // advice only: a kernel without THP ignores it
