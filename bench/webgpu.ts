@@ -13,6 +13,11 @@
  * On a software adapter (lavapipe: the "GPU" is the same CPU cores) only the ratios
  * between contenders mean anything; on a real GPU the fraction of the copy floor does too.
  *
+ * The default call path: the same kd step with a new gradient per call (disposed, as a
+ * loop that frees its results does) against the preallocated `grad` above, with the
+ * WebGPU output pool on and off (kd.setMemoryLimit(0): a new buffer per output,
+ * destroyed at dispose, as before the pool), in alternating rounds.
+ *
  *   npm run bench -- --device webgpu [--shape 64x32000,...] [--op forward-kl,jsd] [--time ms] [--quick]
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -79,6 +84,7 @@ export async function runWebGPUBench(a: WebGPUBenchArgs): Promise<void> {
   console.log(`WebGPU bench on ${adapter} (tf ${tf.version.tfjs}, tfjs-backend-webgpu), ${os.cpus().length} CPU cores, load ${os.loadavg()[0]!.toFixed(1)}`);
   console.log('op          N×V          kd ms (p10–p90)      tfjs-webgpu ms       copy floor ms   kd vs tfjs   of copy floor   |loss kd − tf|');
   const rows: Record<string, unknown>[] = [];
+  const defaults: string[] = [];
   for (const [N, V] of shapes) {
     const s = Float32Array.from({ length: N * V }, (_, i) => Math.sin(i * 0.37) * 3);
     const t = Float32Array.from({ length: N * V }, (_, i) => Math.cos(i * 0.11) * 3);
@@ -144,6 +150,51 @@ export async function runWebGPUBench(a: WebGPUBenchArgs): Promise<void> {
         `${op.padEnd(11)} ${`${N}×${V}`.padEnd(12)} ${`${f(kdT.median)} (${f(kdT.p10)}–${f(kdT.p90)})`.padEnd(20)} ${`${f(tfT.median)} (${f(tfT.p10)}–${f(tfT.p90)})`.padEnd(20)} ${f(copyT.median).padEnd(15)} ${`${row.kdVsTfjs.toFixed(1)}×`.padEnd(12)} ${`${(100 * row.ofCopyFloor).toFixed(0)}%`.padEnd(15)} ${Math.abs(kdLoss - tfLoss).toExponential(1)}`,
       );
     }
+    for (const op of ops) {
+      const pre = () => (op === 'jsd' ? kd.jsd(S, T, { beta: 0.5, grad: G }) : kd.klDiv(S, T, { grad: G }));
+      const def = () => (op === 'jsd' ? kd.jsd(S, T, { beta: 0.5 }) : kd.klDiv(S, T));
+      const cap = kd.memory().cpu.capBytes;
+      const variants = {
+        preallocated: async () => {
+          pre().loss.dispose();
+          await drain();
+        },
+        default: async () => {
+          const r = def();
+          r.loss.dispose();
+          r.grad!.dispose();
+          await drain();
+        },
+        'default, pool off': async () => {
+          kd.setMemoryLimit(0);
+          try {
+            const r = def();
+            r.loss.dispose();
+            r.grad!.dispose();
+            await drain();
+          } finally {
+            kd.setMemoryLimit(cap);
+          }
+        },
+      };
+      const ROUNDS = 5;
+      const samples: Record<string, number[]> = {};
+      for (let round = 0; round < ROUNDS; round++)
+        for (const [name, fn] of Object.entries(variants)) {
+          const t = await timeIt(fn, budget / ROUNDS, 3);
+          (samples[name] ??= []).push(t.median);
+        }
+      const m = Object.fromEntries(Object.entries(samples).map(([k, xs]) => [k, median(xs)])) as Record<keyof typeof variants, number>;
+      const row = {
+        op, N, V, adapter, kind: 'default call path', rounds: ROUNDS,
+        preallocatedMs: m.preallocated, defaultMs: m.default, defaultPoolOffMs: m['default, pool off'],
+        defaultVsPreallocated: m.default / m.preallocated, poolOffVsOn: m['default, pool off'] / m.default,
+      };
+      rows.push(row);
+      defaults.push(
+        `${op.padEnd(11)} ${`${N}×${V}`.padEnd(12)} ${m.preallocated.toFixed(2).padEnd(12)} ${m.default.toFixed(2).padEnd(14)} ${m['default, pool off'].toFixed(2).padEnd(16)} ${`${row.defaultVsPreallocated.toFixed(2)}×`.padEnd(18)} ${row.poolOffVsOn.toFixed(2)}×`,
+      );
+    }
     src.destroy();
     dst.destroy();
     tf.dispose([z, tt]);
@@ -151,6 +202,9 @@ export async function runWebGPUBench(a: WebGPUBenchArgs): Promise<void> {
     T.dispose();
     G.dispose();
   }
+  console.log('default call path (a new gradient per call, disposed; medians of 5 alternating rounds):');
+  console.log('op          N×V          prealloc ms  default ms     pool off ms      default / prealloc  pool off / on');
+  for (const l of defaults) console.log(l);
   console.log('note: kd vs tfjs = tfjs time / kd time (same device, same run); of copy floor = copy time of the same bytes / kd time.');
   console.log('note: on a software adapter (llvmpipe) only the ratios between contenders mean anything.');
   const outDir = a.out ?? join(ROOT, 'bench/results');

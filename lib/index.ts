@@ -14,7 +14,7 @@ export { Tensor, tensor, empty, zeros, fromDevicePointer, isTensor, type Device,
 export * as webgpu from './webgpu/index.js';
 export { fromGPUBuffer, type FromGPUBufferOptions } from './webgpu/index.js';
 export { backends, setThreads, synchronize, type Backends, type CudaDeviceInfo } from './backends.js';
-export { memory, setMemoryLimit, trimMemory, type Memory, type CpuMemory, type CudaMemory } from './memory.js';
+export { memory, setMemoryLimit, trimMemory, type Memory, type CpuMemory, type CudaMemory, type WebGpuMemory } from './memory.js';
 export { type LossOptions, type LossResult, type Reduction, type DivergenceName } from './divergence.js';
 export { klDiv, klDivAsync, type KlDivOptions } from './kl_div.js';
 export { jsd, jsdAsync, type JsdOptions } from './jsd.js';

@@ -9,8 +9,11 @@
  * pool keeps idle blocks for reuse up to its cap (idle + in use, default 1 GiB); an
  * output that would pass the cap is a plain ArrayBuffer instead (counted in `overCap`).
  * CUDA: the stream-ordered device pool, where the build has one.
+ * WebGPU: storage buffers of outputs, uploads and kd.empty / kd.zeros, reused per size
+ * class on the current device (lib/webgpu/pool.ts), with the same cap.
  */
 import { binding } from './native.js';
+import { hooks } from './tensor.js';
 import { expectInt } from './validate.js';
 
 export interface CpuMemory {
@@ -43,10 +46,24 @@ export interface CudaMemory {
   usedBytes: number;
 }
 
+export interface WebGpuMemory {
+  /** Idle bytes kept for reuse on the current device. */
+  pooledBytes: number;
+  /** Bytes of pooled buffers held by tensors not yet disposed or collected. */
+  inUseBytes: number;
+  /** Bound on pooledBytes + inUseBytes (kd.setMemoryLimit; the same value as the CPU's). */
+  capBytes: number;
+  /** Buffers served from an idle one / newly created (outputs, uploads, empty, zeros). */
+  reused: number;
+  fresh: number;
+}
+
 export interface Memory {
   cpu: CpuMemory;
   /** Present when CUDA is available (one entry per device). */
   cuda?: CudaMemory[];
+  /** Present when kd.webgpu has a current device. */
+  webgpu?: WebGpuMemory;
 }
 
 function cudaDevices(): number[] {
@@ -60,24 +77,32 @@ export function memory(): Memory {
   const r: Memory = { cpu: b.poolInfo() };
   const devs = cudaDevices();
   if (devs.length) r.cuda = devs.map((d) => ({ device: d, ...b.cudaPoolInfo(d) }));
+  const gpu = hooks.memoryGpu?.();
+  if (gpu) r.webgpu = gpu;
   return r;
 }
 
 /**
  * Caps the CPU output pool (idle + in-use bytes; default 1 GiB). Idle blocks beyond the
- * new cap are freed now; 0 turns pooling off (every output a plain ArrayBuffer).
+ * new cap are freed now; 0 turns pooling off (every output a plain ArrayBuffer). The
+ * same cap holds for the WebGPU pool of each device: there a buffer given back beyond
+ * it is destroyed (0: every buffer is new, and destroyed when given back).
  */
 export function setMemoryLimit(bytes: number): void {
-  binding().poolSetCap(expectInt('bytes', bytes, 0, Number.MAX_SAFE_INTEGER));
+  const cap = expectInt('bytes', bytes, 0, Number.MAX_SAFE_INTEGER);
+  binding().poolSetCap(cap);
+  hooks.capGpu?.(cap);
 }
 
 /**
- * Frees idle pooled memory, keeping at most `keepBytes` (default 0) idle on the CPU and
- * on each CUDA device. Memory held by live tensors is not touched.
+ * Frees idle pooled memory, keeping at most `keepBytes` (default 0) idle on the CPU, on
+ * each CUDA device and on the current WebGPU device. Memory held by live tensors is not
+ * touched.
  */
 export function trimMemory(keepBytes = 0): void {
   const keep = expectInt('keepBytes', keepBytes, 0, Number.MAX_SAFE_INTEGER);
   const b = binding();
   b.poolTrim(keep);
   for (const d of cudaDevices()) b.cudaPoolTrim(d, keep);
+  hooks.trimGpu?.(keep);
 }

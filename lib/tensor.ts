@@ -5,6 +5,7 @@
  * (a teacher with a padded vocabulary) without a copy.
  */
 import type { DeviceMemoryHandle, TensorDesc } from '../binding.js';
+import type { WebGpuMemory } from './memory.js';
 import { DTYPE_CODE, DTYPE_SIZE, DTYPES, allocArray, arrayTypeFor, bf16ToNumber, dtypeOfArray, f16ToNumber, toFloat32, type DType, type TypedArray } from './dtype.js';
 import { KdError, KdRangeError, KdTypeError, describe } from './errors.js';
 import { binding } from './native.js';
@@ -27,6 +28,8 @@ export interface GpuMem {
   byteOffset: number;
   /** Allocated by the library (dispose() destroys it) or borrowed (fromGPUBuffer). */
   owned: boolean;
+  /** From the WebGPU output pool (lib/webgpu/pool.ts): dispose() returns it there. */
+  pooled?: boolean;
 }
 
 export interface TensorOptions {
@@ -115,6 +118,7 @@ export class Tensor implements Disposable {
     this.#keepAlive = init.keepAlive;
     this.#gpu = init.gpu;
     this.#pooled = init.pooled === true;
+    if (init.gpu?.pooled) hooks.trackGpu!(this, init.gpu);
   }
 
   get numel(): number {
@@ -225,15 +229,17 @@ export class Tensor implements Disposable {
   /**
    * Frees device memory now. CPU outputs the library allocated go back to the output
    * pool, and their ArrayBuffer is detached: a view kept from toArray() then has length
-   * 0 and never sees the memory's next use. CPU tensors over your own arrays just drop
-   * the reference. Idempotent.
+   * 0 and never sees the memory's next use. WebGPU buffers the library allocated go back
+   * to the WebGPU pool. CPU tensors over your own arrays and borrowed GPU memory just
+   * drop the reference. Idempotent.
    */
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
     if (this.#pooled && this.#data) binding().poolRelease(this.#data.buffer as ArrayBuffer);
     if (this.#mem) binding().cudaFree(this.#mem);
-    if (this.#gpu?.owned) this.#gpu.buffer.destroy();
+    if (this.#gpu?.pooled) hooks.releaseGpu!(this, this.#gpu);
+    else if (this.#gpu?.owned) this.#gpu.buffer.destroy();
     this.#gpu = undefined;
     this.#mem = undefined;
     this.#data = undefined;
@@ -292,6 +298,13 @@ interface WebGPUHooks {
   readGpu?: (mem: GpuMem, dtype: DType, extent: number) => Promise<TypedArray>;
   uploadGpu?: (data: TypedArray, dtype: DType, extent: number) => GpuMem;
   allocGpu?: (bytes: number, zero: boolean) => GpuMem;
+  /** The WebGPU pool (lib/webgpu/pool.ts): a new tensor over pooled memory; its dispose(). */
+  trackGpu?: (t: Tensor, mem: GpuMem) => void;
+  releaseGpu?: (t: Tensor, mem: GpuMem) => void;
+  /** kd.memory / kd.trimMemory / kd.setMemoryLimit on the current WebGPU device's pool. */
+  memoryGpu?: () => WebGpuMemory | undefined;
+  trimGpu?: (keepBytes: number) => void;
+  capGpu?: (bytes: number) => void;
 }
 /** @internal */
 export const hooks: WebGPUHooks = {};

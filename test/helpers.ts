@@ -50,3 +50,29 @@ export function withIsa<T>(isa: string, fn: () => T): T {
   binding().setIsa(best);
   return r;
 }
+
+/**
+ * Odd-shaped peaked logits for the output-pool tests: N x V in [-3, 3) from an LCG, row i
+ * raised to 14 at column 11 i mod V, with row stride ld >= V.
+ */
+export function peakedLogits(n: number, v: number, seed: number, ld = v): Float32Array {
+  let x = seed >>> 0;
+  const a = new Float32Array(n * ld);
+  for (let i = 0; i < a.length; i++) {
+    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
+    a[i] = (x / 2 ** 32) * 6 - 3;
+  }
+  for (let i = 0; i < n; i++) a[i * ld + ((i * 11) % v)] = 14;
+  return a;
+}
+
+/** The first (up to 5) elements where two output snapshots differ, as hex, for a failure message. */
+export function firstDiffs(a: Buffer, b: Buffer, dtype: string): string {
+  const size = dtype === 'f32' || dtype === 'i32' ? 4 : dtype === 'u8' ? 1 : 2;
+  const out: string[] = [];
+  for (let i = 0; i < a.length && out.length < 5; i += size) {
+    if (!a.subarray(i, i + size).equals(b.subarray(i, i + size)))
+      out.push(`[${i / size}] 0x${a.subarray(i, i + size).toString('hex')} vs 0x${b.subarray(i, i + size).toString('hex')}`);
+  }
+  return out.join(', ');
+}

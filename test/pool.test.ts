@@ -18,7 +18,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import * as kd from '../lib/index.js';
 import { _poolDebug } from '../lib/tensor.js';
 import { numberToBf16 } from '../lib/dtype.js';
-import { errorOf } from './helpers.js';
+import { errorOf, firstDiffs, peakedLogits } from './helpers.js';
 
 v8.setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
@@ -30,20 +30,8 @@ afterEach(() => {
   kd.setMemoryLimit(DEFAULT_CAP);
 });
 
-/** Odd-shaped peaked logits: N x V with row stride ld >= V. */
-function logits(n: number, v: number, seed: number, ld = v): Float32Array {
-  let x = seed >>> 0;
-  const a = new Float32Array(n * ld);
-  for (let i = 0; i < a.length; i++) {
-    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
-    a[i] = (x / 2 ** 32) * 6 - 3;
-  }
-  for (let i = 0; i < n; i++) a[i * ld + ((i * 11) % v)] = 14;
-  return a;
-}
-
 const N = 13, V = 1271, LD = 1300;
-const sF = logits(N, V, 1, LD), tF = logits(N, V, 2, LD);
+const sF = peakedLogits(N, V, 1, LD), tF = peakedLogits(N, V, 2, LD);
 const s = kd.tensor(sF, [N, V], { strides: [LD, 1] });
 const t = kd.tensor(tF, [N, V], { strides: [LD, 1] });
 const sB = kd.tensor(Uint16Array.from(sF, numberToBf16), [N, V], { dtype: 'bf16', strides: [LD, 1] });
@@ -96,16 +84,6 @@ function snapshot(r: Outs): Record<string, { dtype: string; bytes: Buffer }> {
   return out;
 }
 
-function firstDiffs(a: Buffer, b: Buffer, dtype: string): string {
-  const size = dtype === 'f32' || dtype === 'i32' ? 4 : dtype === 'u8' ? 1 : 2;
-  const out: string[] = [];
-  for (let i = 0; i < a.length && out.length < 5; i += size) {
-    if (!a.subarray(i, i + size).equals(b.subarray(i, i + size)))
-      out.push(`[${i / size}] 0x${a.subarray(i, i + size).toString('hex')} vs 0x${b.subarray(i, i + size).toString('hex')}`);
-  }
-  return out.join(', ');
-}
-
 describe('output pool: kernels write every element they return', () => {
   for (const [name, run] of Object.entries(CASES)) {
     it(name, () => {
@@ -131,7 +109,7 @@ describe('output pool: kernels write every element they return', () => {
 });
 
 describe('output pool: dispose, finalizers, cap', () => {
-  const big = { s: kd.tensor(logits(8, 4096, 3), [8, 4096]), t: kd.tensor(logits(8, 4096, 4), [8, 4096]) };
+  const big = { s: kd.tensor(peakedLogits(8, 4096, 3), [8, 4096]), t: kd.tensor(peakedLogits(8, 4096, 4), [8, 4096]) };
   const GRAD = 8 * 4096 * 4;
 
   it('dispose() returns the block at once and detaches the ArrayBuffer: a kept view reads as length 0', () => {
@@ -193,8 +171,8 @@ describe('output pool: dispose, finalizers, cap', () => {
     // of >= 32 MiB is alive: a call that took its 41 MB gradient from the pool before
     // allocating its loss paid one per call (0.2-0.5 ms at 512 x 32000 on 2 cores).
     const n = 320, v = 32000;
-    const s = kd.tensor(logits(n, v, 11), [n, v]);
-    const t = kd.tensor(logits(n, v, 12), [n, v]);
+    const s = kd.tensor(peakedLogits(n, v, 11), [n, v]);
+    const t = kd.tensor(peakedLogits(n, v, 12), [n, v]);
     kd.klDiv(s, t).grad!.dispose(); // the block exists
     await tick();
     gc();
@@ -219,8 +197,8 @@ describe('output pool: dispose, finalizers, cap', () => {
     // Ops make their small outputs before the gradient; with N = 20000 rows the per-row
     // losses (80 KB each) come from the pool, and a bad `grad` must not leave them in use.
     const n = 20000, v = 4, k = 2;
-    const s = kd.tensor(logits(n, v, 21), [n, v]);
-    const t = kd.tensor(logits(n, v, 22), [n, v]);
+    const s = kd.tensor(peakedLogits(n, v, 21), [n, v]);
+    const t = kd.tensor(peakedLogits(n, v, 22), [n, v]);
     const bad = kd.tensor(new Float32Array(n * (v + 1)), [n, v + 1]);
     const labels = new Int32Array(n).fill(1);
     const top = kd.topk(t, k, { output: 'logprobs' });

@@ -284,8 +284,12 @@ export function write(device: GPUDevice, buf: GPUBuffer, offset: number, data: A
   throw new KdError(`WebGPU: writes must start and end on 4-byte boundaries (offset ${offset}, ${bytes.byteLength} bytes)`, 'KD_EINVAL');
 }
 
-/** Reports (and clears) the first error collected on `device` since the last check. */
-export async function flush(device: GPUDevice): Promise<void> {
+/**
+ * Reports (and clears) the first error collected on `device` (default: the current one)
+ * since the last check.
+ */
+export async function flush(device: GPUDevice | undefined = chosen): Promise<void> {
+  if (!device) throw new KdError('webgpu.flush: no WebGPU device yet; await kd.webgpu.device() once (or call kd.webgpu.setDevice(device))', 'KD_EDEVICE');
   const s = state(device);
   const pending = s.errors;
   s.errors = [];

@@ -10,7 +10,8 @@ import { DTYPES, DTYPE_SIZE, allocArray, type DType, type TypedArray } from '../
 import { KdError, KdRangeError, KdTypeError, describe } from '../errors.js';
 import { _resolveStrides, _webgpuTensor, extentOf, hooks, type GpuMem, type Tensor } from '../tensor.js';
 import { expectInt, expectOneOf, expectOptions, expectShape } from '../validate.js';
-import { USAGE, createBuffer, currentDevice, readBuffer, write } from './runtime.js';
+import { acquire, info, release, setCap, track, trim } from './pool.js';
+import { USAGE, currentDevice, readBuffer, write } from './runtime.js';
 
 /** The current device, or a KD_EDEVICE error saying how to get one. */
 export function deviceOrThrow(what: string): GPUDevice {
@@ -23,9 +24,8 @@ export function deviceOrThrow(what: string): GPUDevice {
   return d;
 }
 
-/** A new owned buffer with `data` (the bytes padded to a multiple of 4). */
-export function uploadBytes(device: GPUDevice, data: ArrayBufferView): GPUBuffer {
-  const buf = createBuffer(device, data.byteLength);
+/** Writes `data` at the start of `buf`, padded with zeros to a multiple of 4 bytes. */
+function writePadded(device: GPUDevice, buf: GPUBuffer, data: ArrayBufferView): void {
   let bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   if (bytes.byteLength % 4) {
     const padded = new Uint8Array(Math.ceil(bytes.byteLength / 4) * 4);
@@ -33,20 +33,28 @@ export function uploadBytes(device: GPUDevice, data: ArrayBufferView): GPUBuffer
     bytes = padded;
   }
   write(device, buf, 0, bytes);
-  return buf;
 }
 
 hooks.uploadGpu = (data: TypedArray, dtype: DType, extent: number): GpuMem => {
   const device = deviceOrThrow('tensor');
   const view = data.subarray(0, extent);
-  return { buffer: uploadBytes(device, view), device, byteOffset: 0, owned: true };
+  const mem = acquire(device, view.byteLength, false);
+  writePadded(device, mem.buffer, view);
+  return mem;
   void dtype;
 };
-hooks.allocGpu = (bytes: number, zero: boolean): GpuMem => {
-  void zero; // WebGPU zero-initialises every new buffer
-  const device = deviceOrThrow(zero ? 'zeros' : 'empty');
-  return { buffer: createBuffer(device, bytes), device, byteOffset: 0, owned: true };
+hooks.allocGpu = (bytes: number, zero: boolean): GpuMem => acquire(deviceOrThrow(zero ? 'zeros' : 'empty'), bytes, zero);
+hooks.trackGpu = track;
+hooks.releaseGpu = release;
+hooks.memoryGpu = () => {
+  const d = currentDevice();
+  return d && info(d);
 };
+hooks.trimGpu = (keep: number) => {
+  const d = currentDevice();
+  if (d) trim(d, keep);
+};
+hooks.capGpu = (bytes: number) => setCap(bytes, currentDevice());
 hooks.readGpu = async (mem: GpuMem, dtype: DType, extent: number): Promise<TypedArray> => {
   if (extent === 0) return allocArray(dtype, 0);
   if (!(mem.buffer.usage & USAGE.COPY_SRC))
