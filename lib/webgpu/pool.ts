@@ -17,7 +17,7 @@
  */
 import type { WebGpuMemory } from '../memory.js';
 import type { GpuMem, Tensor } from '../tensor.js';
-import { createBuffer } from './runtime.js';
+import { checkDevice, createBuffer } from './runtime.js';
 import { POOL_CLASSES_PER_OCTAVE, POOL_DEFAULT_CAP, POOL_MIN_BYTES } from './tuning.js';
 
 interface DevicePool {
@@ -51,6 +51,7 @@ export function classBytes(device: GPUDevice, bytes: number): number {
 
 /** A pooled storage buffer of at least `bytes`: an idle one, or a new one. `zero`: cleared (on the queue) if reused. */
 export function acquire(device: GPUDevice, bytes: number, zero: boolean): GpuMem {
+  checkDevice(device); // a lost device is KD_EDEVICE here, idle buffers or not
   const p = poolOf(device);
   const size = classBytes(device, bytes);
   const idle = p.idle.get(size);
