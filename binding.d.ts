@@ -124,8 +124,8 @@ export interface Binding {
   poolDebug(poisonByte: number, minBytes: number): void;
   /** Reclaim blocks of collected ArrayBuffers before their finalizers run (this thread). */
   poolReclaim(enable: boolean): void;
-  /** Tests only: the C heap's bytes in use and held from the OS (glibc), after malloc_trim when `trim`. */
-  mallocInfo(trim: boolean): { inUseBytes: number; heldBytes: number } | undefined;
+  /** Tests only: the C heap's bytes in use (glibc), after malloc_trim; undefined elsewhere. */
+  mallocInfo(): number | undefined;
 
   triad(args: OpArgs): undefined | Promise<void>;
   divergence(args: OpArgs): undefined | Promise<void>;

@@ -153,36 +153,33 @@ export async function runWebGPUBench(a: WebGPUBenchArgs): Promise<void> {
     for (const op of ops) {
       const pre = () => (op === 'jsd' ? kd.jsd(S, T, { beta: 0.5, grad: G }) : kd.klDiv(S, T, { grad: G }));
       const def = () => (op === 'jsd' ? kd.jsd(S, T, { beta: 0.5 }) : kd.klDiv(S, T));
+      const defaultStep = async () => {
+        const r = def();
+        r.loss.dispose();
+        r.grad!.dispose();
+        await drain();
+      };
+      // [step, pool cap while it runs]: the pool is switched off around its rounds, not per call
       const cap = kd.memory().cpu.capBytes;
       const variants = {
-        preallocated: async () => {
+        preallocated: [async () => {
           pre().loss.dispose();
           await drain();
-        },
-        default: async () => {
-          const r = def();
-          r.loss.dispose();
-          r.grad!.dispose();
-          await drain();
-        },
-        'default, pool off': async () => {
-          kd.setMemoryLimit(0);
-          try {
-            const r = def();
-            r.loss.dispose();
-            r.grad!.dispose();
-            await drain();
-          } finally {
-            kd.setMemoryLimit(cap);
-          }
-        },
-      };
+        }, cap],
+        default: [defaultStep, cap],
+        'default, pool off': [defaultStep, 0],
+      } as const;
       const ROUNDS = 5;
       const samples: Record<string, number[]> = {};
       for (let round = 0; round < ROUNDS; round++)
-        for (const [name, fn] of Object.entries(variants)) {
-          const t = await timeIt(fn, budget / ROUNDS, 3);
-          (samples[name] ??= []).push(t.median);
+        for (const [name, [fn, limit]] of Object.entries(variants)) {
+          kd.setMemoryLimit(limit);
+          try {
+            const t = await timeIt(fn, budget / ROUNDS, 3);
+            (samples[name] ??= []).push(t.median);
+          } finally {
+            kd.setMemoryLimit(cap);
+          }
         }
       const m = Object.fromEntries(Object.entries(samples).map(([k, xs]) => [k, median(xs)])) as Record<keyof typeof variants, number>;
       const row = {

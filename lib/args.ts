@@ -102,9 +102,14 @@ export function resolveGrad(
   try {
     return gradOption(grad, gradDtype, s, op);
   } catch (e) {
-    for (const t of made) t.dispose();
+    disposeAll(made);
     throw e;
   }
+}
+
+/** Disposes each tensor (an op's outputs on failure, its temporaries after the launch). */
+export function disposeAll(ts: readonly Tensor[]): void {
+  for (const t of ts) t.dispose();
 }
 
 function gradOption(grad: unknown, gradDtype: unknown, s: Rows, op: string): { t?: Tensor; desc?: TensorDesc } {

@@ -4,7 +4,7 @@
  * call per op, sync or async. The math is in native/common/divergence_math.h.
  */
 import type { OpArgs } from '../binding.js';
-import { flatDesc, resolveGrad, sideInput, asRows, type GradOption } from './args.js';
+import { disposeAll, flatDesc, resolveGrad, sideInput, asRows, type GradOption } from './args.js';
 import { KdError, KdRangeError } from './errors.js';
 import { dispatch } from './dispatch.js';
 import { Tensor, WEBGPU, deviceName, empty, output } from './tensor.js';
@@ -190,10 +190,6 @@ function prepare(student: unknown, teacher: unknown, o: Record<string, unknown>,
   return { args, result, temps, fresh, device };
 }
 
-function disposeAll(ts: Tensor[]): void {
-  for (const t of ts) t.dispose();
-}
-
 /** Runs the engine synchronously (CUDA: enqueued on the stream). */
 export function runEngine(student: unknown, teacher: unknown, opts: unknown, spec: EngineSpec, extraKeys: readonly string[] = []): EngineResult {
   const o = expectOptions(`${spec.op} options`, opts, [...LOSS_OPTION_KEYS, ...extraKeys]);
@@ -201,7 +197,7 @@ export function runEngine(student: unknown, teacher: unknown, opts: unknown, spe
   try {
     dispatch('divergence', p.args, p.device);
   } catch (e) {
-    disposeFresh(p);
+    disposeAll(p.fresh);
     throw e;
   } finally {
     disposeAll(p.temps);
@@ -217,16 +213,12 @@ export async function runEngineAsync(student: unknown, teacher: unknown, opts: u
   try {
     await dispatch('divergence', p.args, p.device);
   } catch (e) {
-    disposeFresh(p);
+    disposeAll(p.fresh);
     throw e;
   } finally {
     disposeAll(p.temps);
   }
   return p.result;
-}
-
-function disposeFresh(p: Prepared): void {
-  disposeAll(p.fresh);
 }
 
 export function expectBeta(v: unknown): number {

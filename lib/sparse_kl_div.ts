@@ -19,7 +19,7 @@
  * reduction, normalizer, grad, gradDtype, gradScale, stream.
  */
 import type { OpArgs, TensorDesc } from '../binding.js';
-import { asRows, flatDesc, resolveGrad, sideInput } from './args.js';
+import { asRows, disposeAll, flatDesc, resolveGrad, sideInput } from './args.js';
 import { REDUCTION_CODE, type LossOptions } from './divergence.js';
 import { KdError, KdRangeError, KdTypeError, describe } from './errors.js';
 import { dispatch } from './dispatch.js';
@@ -211,10 +211,6 @@ function prepare(student: unknown, teacher: unknown, opts: unknown): Prepared {
   const result: SparseKlDivResult = { loss };
   if (g.t) result.grad = g.t;
   return { args, result, temps, fresh, device };
-}
-
-function disposeAll(ts: Tensor[]): void {
-  for (const t of ts) t.dispose();
 }
 
 /** Sparse KD loss and gradient (see the module comment); CUDA and WebGPU work is enqueued, not awaited. */

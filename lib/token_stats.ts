@@ -4,7 +4,7 @@
  * sampled token s: log q_s, log p_s and the teacher's rank of s (0 = its argmax).
  */
 import type { OpArgs } from '../binding.js';
-import { asRows, flatDesc, sideInput } from './args.js';
+import { asRows, disposeAll, flatDesc, sideInput } from './args.js';
 import { KdError, KdRangeError } from './errors.js';
 import { dispatch } from './dispatch.js';
 import { Tensor, WEBGPU, deviceName, empty, output } from './tensor.js';
@@ -77,7 +77,7 @@ export function tokenStats(student: Tensor, teacher: Tensor, opts?: TokenStatsOp
   try {
     dispatch('tokenStats', args, device);
   } finally {
-    for (const t of temps) t.dispose();
+    disposeAll(temps);
   }
   return r;
 }
@@ -88,7 +88,7 @@ export async function tokenStatsAsync(student: Tensor, teacher: Tensor, opts?: T
   try {
     await dispatch('tokenStats', args, device);
   } finally {
-    for (const t of temps) t.dispose();
+    disposeAll(temps);
   }
   return r;
 }

@@ -57,8 +57,8 @@ function child(args: string[], timeout = 400_000): unknown {
 
 interface OpMem {
   calls: number; asyncCalls: number; ms: number; rss: number; external: number; arrayBuffers: number; heapUsed: number; rssSteps: number[];
-  /** V8's committed heap, and the C heap's bytes in use (when `malloc`: glibc), per quarter. */
-  heapTotalSteps: number[]; mallocSteps: number[]; malloc: boolean;
+  /** V8's committed heap, and the C heap's bytes in use (glibc; empty elsewhere), per quarter. */
+  heapTotalSteps: number[]; mallocSteps: number[];
   /** The output pool's bytes (idle + in use) and fresh blocks, per quarter. */
   poolSteps: number[]; freshSteps: number[];
   /** The pool: bytes left off V8's external-memory count at each checkpoint (pool mode). */
@@ -69,7 +69,7 @@ function checkOps(r: Record<string, OpMem>): void {
   const lines = Object.entries(r).map(
     ([op, m]) =>
       `${op.padEnd(20)} ${m.calls} sync + ${m.asyncCalls} async in ${(m.ms / 1000).toFixed(1)} s: external ${m.external} B, arrayBuffers ${m.arrayBuffers} B, heap ${m.heapUsed} B, RSS quarters ${m.rssSteps.map((x) => (x / 1024).toFixed(0)).join(' / ')} KiB` +
-      ` (heapTotal ${m.heapTotalSteps.map((x) => (x / 1024).toFixed(0)).join(' / ')}), malloc in use ${m.malloc ? m.mallocSteps.map((x) => (x / 1024).toFixed(1)).join(' / ') + ' KiB' : 'not measured'}` +
+      ` (heapTotal ${m.heapTotalSteps.map((x) => (x / 1024).toFixed(0)).join(' / ')}), malloc in use ${m.mallocSteps.length ? m.mallocSteps.map((x) => (x / 1024).toFixed(1)).join(' / ') + ' KiB' : 'not measured'}` +
       `, pool quarters ${m.poolSteps.map((x) => (x / 1024).toFixed(0)).join(' / ')} KiB (fresh blocks ${m.freshSteps.join(' / ')})`,
   );
   console.log(`[leaks]\n${lines.join('\n')}`);
@@ -79,7 +79,7 @@ function checkOps(r: Record<string, OpMem>): void {
     expect(m.heapUsed, `${op}: V8 heap growth`).toBeLessThanOrEqual(HEAP_LIMIT);
     const late = m.rssSteps.slice(1).reduce((a, b) => a + b, 0);
     expect(late, `${op}: RSS growth over the last 75,000 calls (quarters ${m.rssSteps.join(', ')})`).toBeLessThanOrEqual(RSS_LIMIT);
-    if (m.malloc) {
+    if (m.mallocSteps.length) {
       const lateMalloc = m.mallocSteps.slice(1).reduce((a, b) => a + b, 0);
       expect(lateMalloc, `${op}: C heap bytes in use, growth over the last 75,000 calls (quarters ${m.mallocSteps.join(', ')})`).toBeLessThanOrEqual(MALLOC_LIMIT);
     }

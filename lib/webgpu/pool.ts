@@ -70,8 +70,7 @@ export function acquire(device: GPUDevice, bytes: number, zero: boolean): GpuMem
   }
   p.inUse += size;
   if (poison >= 0 && !zero) device.queue.writeBuffer(buffer, 0, new Uint8Array(size).fill(poison));
-  const mem: GpuMem = { buffer, device, byteOffset: 0, owned: true, pooled: true };
-  return mem;
+  return { buffer, device, byteOffset: 0, owned: true, pooled: true };
 }
 
 /** Returns a pooled buffer: kept idle while idle + in use stay under the cap, else destroyed. */

@@ -206,7 +206,6 @@ export function run(
   device.pushErrorScope('out-of-memory');
   device.pushErrorScope('validation');
   const entries: GPUBindGroupEntry[] = [];
-  let uniform: GPUBuffer | undefined;
   if (params) {
     const bytes = Math.max(16, Math.ceil(params.byteLength / 16) * 16);
     // One params buffer per size, rewritten for each dispatch: queue.writeBuffer runs on
@@ -214,7 +213,7 @@ export function run(
     // own params, never the next one's (as the output pool relies on, pool.ts). Measured
     // on lavapipe, a 4 x 64 klDiv default call: 0.88-0.90x the time of a new buffer per
     // dispatch (created and destroyed each time), 9 alternating rounds of 300 calls, twice.
-    uniform = s.uniforms.get(bytes);
+    let uniform = s.uniforms.get(bytes);
     if (!uniform) s.uniforms.set(bytes, (uniform = device.createBuffer({ size: bytes, usage: USAGE.UNIFORM | USAGE.COPY_DST, label: 'kd params' })));
     device.queue.writeBuffer(uniform, 0, params, 0, params.byteLength);
     entries.push({ binding: 0, resource: { buffer: uniform } });

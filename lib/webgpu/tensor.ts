@@ -35,13 +35,12 @@ function writePadded(device: GPUDevice, buf: GPUBuffer, data: ArrayBufferView): 
   write(device, buf, 0, bytes);
 }
 
-hooks.uploadGpu = (data: TypedArray, dtype: DType, extent: number): GpuMem => {
+hooks.uploadGpu = (data: TypedArray, _dtype: DType, extent: number): GpuMem => {
   const device = deviceOrThrow('tensor');
   const view = data.subarray(0, extent);
   const mem = acquire(device, view.byteLength, false);
   writePadded(device, mem.buffer, view);
   return mem;
-  void dtype;
 };
 hooks.allocGpu = (bytes: number, zero: boolean): GpuMem => acquire(deviceOrThrow(zero ? 'zeros' : 'empty'), bytes, zero);
 hooks.trackGpu = track;

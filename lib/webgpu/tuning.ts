@@ -33,7 +33,7 @@ export const SAMPLE_SUBCHUNKS = 4;
 
 /**
  * The WebGPU output pool (pool.ts): buffers are kept in size classes of 4 per octave
- * (at most 19% more than asked; the kernels bind what the tensor spans, never read the
+ * (at most 25% more than asked; the kernels bind what the tensor spans, never read the
  * buffer's length), the smallest 256 bytes (a scalar loss and a per-token vector of 64
  * rows share it). The cap bounds idle plus in-use bytes per device, as the CPU pool's
  * (kd.setMemoryLimit sets both); beyond it a released buffer is destroyed, not kept.

@@ -422,23 +422,19 @@ Napi::Value PoolDebug(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// mallocInfo(trim): tests only (test/fixtures/leak_loop.ts). The C heap's bytes in use,
-// summed over all of glibc's arenas, and the bytes it holds from the OS, after giving its
-// free pages back (malloc_trim) when `trim`. The leak checks measure RSS after the trim, so
-// that what malloc keeps cached (freed V8 backing stores, worker-thread arenas: +-8 MiB
-// between checkpoints on the CI VM) is not read as a leak, and hold the bytes in use to
-// their own bound. undefined where the C library is not glibc >= 2.33.
+// mallocInfo(): tests only (test/fixtures/leak_loop.ts). The C heap's bytes in use, summed
+// over all of glibc's arenas, after it has given its free pages back (malloc_trim): the
+// leak checks read RSS after the trim, so that what malloc keeps cached (freed V8 backing
+// stores, worker-thread arenas: +-8 MiB between checkpoints on the CI VM) is not read as a
+// leak, and hold the bytes in use to their own bound. undefined where the C library is not
+// glibc >= 2.33.
 Napi::Value MallocInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
-  if (info[0].ToBoolean().Value()) malloc_trim(0);
+  malloc_trim(0);
   const struct mallinfo2 m = mallinfo2();
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("inUseBytes", Napi::Number::New(env, double(m.uordblks + m.hblkhd)));
-  o.Set("heldBytes", Napi::Number::New(env, double(m.arena + m.hblkhd)));
-  return o;
+  return Napi::Number::New(env, double(m.uordblks + m.hblkhd));
 #else
-  (void)info;
   return env.Undefined();
 #endif
 }
