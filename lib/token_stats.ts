@@ -76,6 +76,9 @@ export function tokenStats(student: Tensor, teacher: Tensor, opts?: TokenStatsOp
   const { args, r, temps, device } = prepare(student, teacher, opts);
   try {
     dispatch('tokenStats', args, device);
+  } catch (e) {
+    disposeAll(Object.values(r));
+    throw e;
   } finally {
     disposeAll(temps);
   }
@@ -87,6 +90,9 @@ export async function tokenStatsAsync(student: Tensor, teacher: Tensor, opts?: T
   args.async = true;
   try {
     await dispatch('tokenStats', args, device);
+  } catch (e) {
+    disposeAll(Object.values(r));
+    throw e;
   } finally {
     disposeAll(temps);
   }
