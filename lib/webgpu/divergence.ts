@@ -18,7 +18,8 @@ import type { OpArgs, TensorDesc } from '../../binding.js';
 import { KdError } from '../errors.js';
 import type { GpuMem } from '../tensor.js';
 import { STAGE_MAX_V } from './tuning.js';
-import { bindingLimit, copy, createBuffer, grid, offsetAlignment, pipeline, run, type Binding } from './runtime.js';
+import { bindingLimit, copy, grid, offsetAlignment, pipeline, run, type Binding } from './runtime.js';
+import { acquireScratch, releaseScratch } from './pool.js';
 import { elemBytes, type WgslDType } from './wgsl/common.wgsl.js';
 import { DIV, countWgsl, divKernelKey, divergenceRowWgsl, reduceWgsl, rowLanes, workspaceFloats, type DivKernelConfig } from './wgsl/divergence.wgsl.js';
 
@@ -132,7 +133,7 @@ export function divergence(a: OpArgs): void {
   };
 
   // ---- 1. count: STAT = [count, divisor, coef, 0] ----------------------------------
-  const ws = createBuffer(device, workspaceFloats(n, cfg.perToken) * 4);
+  const ws = acquireScratch(device, workspaceFloats(n, cfg.perToken) * 4, false);
   const temps = [ws];
   try {
     const cp = new DataView(new ArrayBuffer(32));
@@ -219,7 +220,7 @@ export function divergence(a: OpArgs): void {
       out('soft', 4 + 2 * n);
     }
   } finally {
-    for (const b of temps) b.destroy(); // released after the submitted work
+    for (const b of temps) releaseScratch(device, b); // the submitted work runs before any later user
   }
 }
 

@@ -14,6 +14,9 @@
  *
  * Reused buffers are not cleared (every kernel writes every element it returns; tested
  * by poisoning them, test/webgpu_pool.test.ts); kd.zeros clears its buffer on the queue.
+ * The ops' per-call workspaces come from the same pool (acquireScratch / releaseScratch),
+ * poisoned alike in the tests; the one that must start at zero (sparseKlDiv's bucket bits)
+ * asks for it.
  */
 import type { WebGpuMemory } from '../memory.js';
 import type { GpuMem, Tensor } from '../tensor.js';
@@ -71,6 +74,21 @@ export function acquire(device: GPUDevice, bytes: number, zero: boolean): GpuMem
   p.inUse += size;
   if (poison >= 0 && !zero) device.queue.writeBuffer(buffer, 0, new Uint8Array(size).fill(poison));
   return { buffer, device, byteOffset: 0, owned: true, pooled: true };
+}
+
+/**
+ * A pooled buffer for one call's own use (a workspace, scratch between its kernels), given
+ * back by releaseScratch as soon as the call has submitted its work: a later user is
+ * submitted after it, like an output's. `zero`: cleared on the queue if reused (a new
+ * buffer is zeroed by WebGPU); otherwise its contents are whatever it last held.
+ */
+export function acquireScratch(device: GPUDevice, bytes: number, zero: boolean): GPUBuffer {
+  return acquire(device, bytes, zero).buffer;
+}
+
+/** Gives back a buffer from acquireScratch (after the work that uses it is submitted). */
+export function releaseScratch(device: GPUDevice, buffer: GPUBuffer): void {
+  giveBack({ buffer, device, byteOffset: 0, owned: true, pooled: true });
 }
 
 /** Returns a pooled buffer: kept idle while idle + in use stay under the cap, else destroyed. */

@@ -10,7 +10,8 @@
  */
 import { KdError, KdRangeError } from '../errors.js';
 import { bindRows, bindVec, checkExtent, checkRows, deviceOf, dtypeBytes, paramsBlock, rowsOf, rowsPerChunk, vecOf, type GpuRows, type GpuVec, type OpArgs, type TensorDesc } from './gpu_rows.js';
-import { createBuffer, grid, pipeline, run } from './runtime.js';
+import { grid, pipeline, run } from './runtime.js';
+import { acquireScratch, releaseScratch } from './pool.js';
 import { SAMPLE_SUBCHUNKS, WG } from './tuning.js';
 import { SAMPLE_TEACHER_KEY, sampleTeacherWgsl } from './wgsl/sample_teacher.wgsl.js';
 
@@ -90,24 +91,27 @@ export function sampleTeacherWebgpu(device: GPUDevice, a: SampleTeacherGpuArgs):
   const h0 = sampleMix64(a.seed + GOLDEN);
   const pipe = pipeline(device, SAMPLE_TEACHER_KEY, sampleTeacherWgsl());
   // Without log-probs binding 4 is a placeholder the kernel never writes (has_lp = 0).
-  const placeholder = a.logprobs ? undefined : createBuffer(device, 4);
+  const placeholder = a.logprobs ? undefined : acquireScratch(device, 4, false);
   const chunk = rowsPerChunk(device, n, [x.ld * dtypeBytes(x.dtype), ns * 4]);
-  for (let r0 = 0; r0 < n; r0 += chunk) {
-    const r1 = Math.min(n, r0 + chunk);
-    const xb = bindRows(device, x, r0, r1);
-    const ib = bindVec(device, a.indices, 4, r0 * ns, r1 * ns);
-    const wb = bindVec(device, a.weights, 4, r0 * ns, r1 * ns);
-    const lb = a.logprobs ? bindVec(device, a.logprobs, 4, r0 * ns, r1 * ns) : undefined;
-    const params = paramsBlock([
-      r1 - r0, x.v, x.ld, xb.elemOff,
-      ns, r0, shift, chunkLen,
-      { f32: c }, c === Infinity ? 1 : 0, tau32 === 1 ? 1 : 0, { f32: invT },
-      Number(h0 & 0xffffffffn), Number(h0 >> 32n), ib.elemOff, wb.elemOff,
-      lb ? lb.elemOff : 0, lb ? 1 : 0, DTYPE_CODE[x.dtype], 0,
-    ]);
-    run(device, pipe, params, [xb.binding, ib.binding, wb.binding, lb ? lb.binding : placeholder!], grid(r1 - r0));
+  try {
+    for (let r0 = 0; r0 < n; r0 += chunk) {
+      const r1 = Math.min(n, r0 + chunk);
+      const xb = bindRows(device, x, r0, r1);
+      const ib = bindVec(device, a.indices, 4, r0 * ns, r1 * ns);
+      const wb = bindVec(device, a.weights, 4, r0 * ns, r1 * ns);
+      const lb = a.logprobs ? bindVec(device, a.logprobs, 4, r0 * ns, r1 * ns) : undefined;
+      const params = paramsBlock([
+        r1 - r0, x.v, x.ld, xb.elemOff,
+        ns, r0, shift, chunkLen,
+        { f32: c }, c === Infinity ? 1 : 0, tau32 === 1 ? 1 : 0, { f32: invT },
+        Number(h0 & 0xffffffffn), Number(h0 >> 32n), ib.elemOff, wb.elemOff,
+        lb ? lb.elemOff : 0, lb ? 1 : 0, DTYPE_CODE[x.dtype], 0,
+      ]);
+      run(device, pipe, params, [xb.binding, ib.binding, wb.binding, lb ? lb.binding : placeholder!], grid(r1 - r0));
+    }
+  } finally {
+    if (placeholder) releaseScratch(device, placeholder); // the submitted work runs before any later user
   }
-  placeholder?.destroy(); // freed once the submitted work is done
 }
 
 /** The WebGPU implementation of `binding().sampleTeacher(args)` (lib/sample_teacher.ts builds args). */

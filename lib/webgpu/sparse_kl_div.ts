@@ -22,7 +22,8 @@
 import { KdError, KdRangeError } from '../errors.js';
 import { bindRows, bindVec, deviceOf, dtypeBytes, floatDtype, paramsBlock, rowsOf, rowsPerChunk, vecOf, type GpuVec, type OpArgs, type TensorDesc } from './gpu_rows.js';
 import { gpuOf } from './divergence.js';
-import { createBuffer, grid, pipeline, run, type Binding } from './runtime.js';
+import { grid, pipeline, run, type Binding } from './runtime.js';
+import { acquireScratch, releaseScratch } from './pool.js';
 import { countWgsl, reduceWgsl } from './wgsl/divergence.wgsl.js';
 import { AUX_WG, SPARSE_TAIL, sparseAuxKey, sparseAuxWgsl, sparseKey, sparseWgsl, type SparseAuxVariant, type SparseVariant } from './wgsl/sparse_kl_div.wgsl.js';
 
@@ -70,7 +71,7 @@ export function sparseKlDiv(a: OpArgs): void {
   }
 
   // [count, divisor, gradScale / divisor, 0, per-row totals...]: the divergence engine's layout
-  const ws = createBuffer(device, (4 + n) * 4);
+  const ws = acquireScratch(device, (4 + n) * 4, false);
   const temps: GPUBuffer[] = [ws];
   try {
     // ---- 1. count -----------------------------------------------------------------------
@@ -125,7 +126,7 @@ export function sparseKlDiv(a: OpArgs): void {
       if (packed) {
         const words32 = aux.filter((x) => x.es === 4).length;
         aux.forEach((x, j) => (auxOut[x.key] = j * chunk)); // the mask (last) at words32 * chunk
-        auxBuf = createBuffer(device, (words32 * chunk + Math.ceil(chunk / 4)) * 4);
+        auxBuf = acquireScratch(device, (words32 * chunk + Math.ceil(chunk / 4)) * 4, false);
         temps.push(auxBuf);
         const av: SparseAuxVariant = { tail: bucket, labels: !!labels, weights: !!weights, mask: !!mask };
         auxPipe = pipeline(device, sparseAuxKey(av), sparseAuxWgsl(av));
@@ -171,7 +172,7 @@ export function sparseKlDiv(a: OpArgs): void {
         }
         let bits: GPUBuffer | undefined;
         if (bucket) {
-          bits = createBuffer(device, rows * words * 4); // zeroed by WebGPU
+          bits = acquireScratch(device, rows * words * 4, true); // the kernel sets bits in a zeroed buffer
           temps.push(bits);
           store.push({ buffer: bits });
         }
@@ -193,6 +194,6 @@ export function sparseKlDiv(a: OpArgs): void {
       run(device, pipeline(device, 'divergence:reduce', reduceWgsl()), paramsBlock([n, 0, 0, 0]), [{ buffer: ws }, lb.binding], [1]);
     }
   } finally {
-    for (const b of temps) b.destroy(); // released after the submitted work
+    for (const b of temps) releaseScratch(device, b); // the submitted work runs before any later user
   }
 }

@@ -8,7 +8,8 @@
  */
 import { KdRangeError } from '../errors.js';
 import { bindRows, bindVec, checkExtent, checkRows, deviceOf, paramsBlock, rowsOf, rowsPerChunk, vecOf, dtypeBytes, type GpuRows, type GpuVec, type OpArgs, type TensorDesc } from './gpu_rows.js';
-import { createBuffer, grid, pipeline, run, type Binding } from './runtime.js';
+import { grid, pipeline, run, type Binding } from './runtime.js';
+import { acquireScratch, releaseScratch } from './pool.js';
 import { tokenStatsKey, tokenStatsWgsl } from './wgsl/token_stats.wgsl.js';
 
 export interface TokenStatsGpuArgs {
@@ -60,7 +61,7 @@ export function tokenStatsWebgpu(device: GPUDevice, a: TokenStatsGpuArgs): void 
     const sb = bindRows(device, s, r0, r1);
     const tb = bindRows(device, { ...t, v: s.v }, r0, r1);
     const sp = a.sampled ? bindVec(device, a.sampled, 4, r0, r1) : undefined;
-    const scratch = createBuffer(device, outs.length * rows * 4);
+    const scratch = acquireScratch(device, outs.length * rows * 4, false);
     try {
       const params = paramsBlock([rows, s.v, s.ld, t.ld, sb.elemOff, tb.elemOff, tRaw, { f32: 1 / a.temperature }, sp?.elemOff ?? 0]);
       const storage: Binding[] = [sb.binding, tb.binding, { buffer: scratch }];
@@ -73,7 +74,7 @@ export function tokenStatsWebgpu(device: GPUDevice, a: TokenStatsGpuArgs): void 
       });
       device.queue.submit([enc.finish()]);
     } finally {
-      scratch.destroy(); // freed once the submitted work is done
+      releaseScratch(device, scratch); // the submitted work runs before any later user
     }
   }
 }
