@@ -245,10 +245,12 @@ KD_ROW_INLINE __m256i bf16_rne8(__m256 x) {  // in the low 16 bits of each 32-bi
   const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
   return _mm256_srli_epi32(_mm256_blendv_epi8(r, q, nan), 16);
 }
-KD_ROW_INLINE void store_bf16x16(uint16_t* dst, __m256 lo, __m256 hi) {
+KD_ROW_INLINE __m256i pack_bf16x16(__m256 lo, __m256 hi) {  // 16 bf16, lo's 8 first
   // packus works within 128-bit halves: [lo 0-3, hi 0-3 | lo 4-7, hi 4-7] -> qwords 0 2 1 3
-  const __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(bf16_rne8(lo), bf16_rne8(hi)), 0xd8);
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), p);
+  return _mm256_permute4x64_epi64(_mm256_packus_epi32(bf16_rne8(lo), bf16_rne8(hi)), 0xd8);
+}
+KD_ROW_INLINE void store_bf16x16(uint16_t* dst, __m256 lo, __m256 hi) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), pack_bf16x16(lo, hi));
 }
 #endif
 
