@@ -221,7 +221,8 @@ KD_ROW_INLINE void gdiv_grad_block(const float* __restrict eq, const float* __re
 //   - the mixture clamp is one max (a NaN passes, as in the select).
 // Pass C stays the generic loop into an L1 block copied out by LineStream: writing the
 // gradient with streaming stores straight from the loop measured slower (jsd/forward KL
-// 1.52 against 1.46, 1 thread).
+// 1.52 against 1.46, 1 thread). (At AVX2 on a Zen 3, 2026-12-08, the same for jsd's f32
+// pass C, bit for bit the staged values, measured 0.993-1.003: no gain, not kept.)
 // Measured (512 x 32000 f32, 1 thread, CPU time, same process, A/B by a run-time switch):
 // jsd / forward KL 1.455 -> 1.387.
 using row::load16;
@@ -351,8 +352,9 @@ KD_ROW_INLINE float fkl_block_bf16(const uint16_t* __restrict z, const uint16_t*
 // operations, with the block scales moved out of the loop: m_j rounds differently, so
 // g_j, G and D agree with the generic loop's to a few ulp, not bit for bit): the two row
 // sums in registers in sum_block's lanes (8 vectors), each product fused with its lane's
-// add into one FMA, no term rows and no extra sweeps, the beta weighting taken per block. The tail of a block
-// (n % kSumLanes elements, the last block of a row) goes lane by lane, in scalar code.
+// add into one FMA, no term rows and no extra sweeps, the beta weighting taken per block.
+// The tail of a block (n % kSumLanes elements, the last block of a row) goes lane by lane,
+// in scalar code.
 // Measured with the -inf clamp below and pass C's plain product (gdiv_grad_block), A/B in
 // one process (Zen 3, 512 x 32000, 2 threads, paired median): jsd f32 0.97-0.98.
 KD_ROW_INLINE __m256 log_normal8(__m256 x) {  // log_normal_f on 8 lanes
