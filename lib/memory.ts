@@ -9,8 +9,9 @@
  * pool keeps idle blocks for reuse up to its cap (idle + in use, default 1 GiB); an
  * output that would pass the cap is a plain ArrayBuffer instead (counted in `overCap`).
  * CUDA: the stream-ordered device pool, where the build has one.
- * WebGPU: storage buffers of outputs, uploads and kd.empty / kd.zeros, reused per size
- * class on the current device (lib/webgpu/pool.ts), with the same cap.
+ * WebGPU: storage buffers of outputs, uploads, kd.empty / kd.zeros and the ops'
+ * workspaces, reused per size class on the current device (lib/webgpu/pool.ts), with the
+ * same cap.
  */
 import { binding } from './native.js';
 import { hooks } from './tensor.js';
@@ -49,11 +50,11 @@ export interface CudaMemory {
 export interface WebGpuMemory {
   /** Idle bytes kept for reuse on the current device. */
   pooledBytes: number;
-  /** Bytes of pooled buffers held by tensors not yet disposed or collected. */
+  /** Bytes of pooled buffers held by tensors not yet disposed or collected (and by a call in progress). */
   inUseBytes: number;
   /** Bound on pooledBytes + inUseBytes (kd.setMemoryLimit; the same value as the CPU's). */
   capBytes: number;
-  /** Buffers served from an idle one / newly created (outputs, uploads, empty, zeros). */
+  /** Buffers served from an idle one / newly created (outputs, uploads, empty, zeros, the ops' workspaces). */
   reused: number;
   fresh: number;
 }

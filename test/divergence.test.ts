@@ -197,8 +197,8 @@ describe('determinism', () => {
  * the reference bit for bit; the gradient array starts 0-15 elements off a 64-byte line
  * (V8 aligns a Float32Array's memory to 16 bytes only) and V is odd, so every row starts
  * at a different offset within a line. At AVX2 a forward KL f32 or bf16 gradient is
- * streamed straight from the registers (cpu/divergence.cc fkl_grad_stream and
- * fkl_grad_stream16, the latter at odd 2-byte offsets too): also in place.
+ * streamed straight from the registers (cpu/divergence.cc fkl_grad_stream; bf16 at odd
+ * 2-byte offsets too): also in place.
  */
 describe('streamed gradients (>= 16 MiB) at any alignment and in place equal the plain-store path bit for bit', () => {
   const N = 41;

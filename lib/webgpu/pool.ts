@@ -52,8 +52,13 @@ export function classBytes(device: GPUDevice, bytes: number): number {
   return cls > limit && b <= limit ? b : cls;
 }
 
-/** A pooled storage buffer of at least `bytes`: an idle one, or a new one. `zero`: cleared (on the queue) if reused. */
-export function acquire(device: GPUDevice, bytes: number, zero: boolean): GpuMem {
+/**
+ * A pooled storage buffer of at least `bytes`: an idle one, or a new one. `zero`: cleared
+ * (on the queue) if reused; otherwise its contents are whatever it last held. Also what an
+ * op takes for its own per-call workspaces, given back by releaseScratch as soon as the
+ * call has submitted its work: a later user is submitted after it, like an output's.
+ */
+export function acquireScratch(device: GPUDevice, bytes: number, zero: boolean): GPUBuffer {
   checkDevice(device); // a lost device is KD_EDEVICE here, idle buffers or not
   const p = poolOf(device);
   const size = classBytes(device, bytes);
@@ -73,37 +78,31 @@ export function acquire(device: GPUDevice, bytes: number, zero: boolean): GpuMem
   }
   p.inUse += size;
   if (poison >= 0 && !zero) device.queue.writeBuffer(buffer, 0, new Uint8Array(size).fill(poison));
-  return { buffer, device, byteOffset: 0, owned: true, pooled: true };
+  return buffer;
 }
 
-/**
- * A pooled buffer for one call's own use (a workspace, scratch between its kernels), given
- * back by releaseScratch as soon as the call has submitted its work: a later user is
- * submitted after it, like an output's. `zero`: cleared on the queue if reused (a new
- * buffer is zeroed by WebGPU); otherwise its contents are whatever it last held.
- */
-export function acquireScratch(device: GPUDevice, bytes: number, zero: boolean): GPUBuffer {
-  return acquire(device, bytes, zero).buffer;
-}
-
-/** Gives back a buffer from acquireScratch (after the work that uses it is submitted). */
-export function releaseScratch(device: GPUDevice, buffer: GPUBuffer): void {
-  giveBack({ buffer, device, byteOffset: 0, owned: true, pooled: true });
+/** The same buffer as a tensor's memory (outputs, uploads, kd.empty / kd.zeros). */
+export function acquire(device: GPUDevice, bytes: number, zero: boolean): GpuMem {
+  return { buffer: acquireScratch(device, bytes, zero), device, byteOffset: 0, owned: true, pooled: true };
 }
 
 /** Returns a pooled buffer: kept idle while idle + in use stay under the cap, else destroyed. */
-function giveBack(mem: GpuMem): void {
-  const p = poolOf(mem.device);
-  const size = mem.buffer.size;
+export function releaseScratch(device: GPUDevice, buffer: GPUBuffer): void {
+  const p = poolOf(device);
+  const size = buffer.size;
   p.inUse -= size;
   if (p.inUse + p.pooled + size <= cap) {
     let list = p.idle.get(size);
     if (!list) p.idle.set(size, (list = []));
-    list.push(mem.buffer);
+    list.push(buffer);
     p.pooled += size;
   } else {
-    mem.buffer.destroy(); // freed once the queue is past its last use
+    buffer.destroy(); // freed once the queue is past its last use
   }
+}
+
+function giveBack(mem: GpuMem): void {
+  releaseScratch(mem.device, mem.buffer);
 }
 
 // A tensor collected without dispose() returns its buffer here (the held value keeps the

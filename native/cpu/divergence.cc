@@ -32,7 +32,7 @@
 //      below AVX-512 the loss comes from pass A's block sums instead (fkl_cross_block)
 //      and pass B writes the gradient from e_q and e_p alone (kFklLossInPassA; a
 //      streamed f32 or bf16 gradient at AVX2 straight from the registers,
-//      fkl_grad_stream / fkl_grad_stream16).
+//      fkl_grad_stream).
 //      Others: D and G = sum q g, with g_j stored over the teacher's scratch row.
 //   C  (the G divergences, with a gradient) dz_j from e_j and the stored g_j.
 //   A last pass that reads no input (forward KL's B below AVX-512, C, the CE-only
@@ -514,60 +514,45 @@ KD_ROW_INLINE void fkl_grad_block(const float* __restrict eq, const float* __res
 }
 
 #if defined(KD_ISA_avx2)
-// fkl_grad_block (f32) for a gradient that is streamed out, straight from the registers
-// into streaming stores: the 32-byte lines that lie inside the block go out as they are
-// computed, and only the partial lines at its two ends pass through the LineStream (which
-// joins a block's last partial line with the next block's first). The staged route
-// (compute into an L1 block, then LineStream copies it out) stored and reloaded every
-// element once more. g: the block's first element in the row, 4-byte aligned.
+// fkl_grad_block for a gradient that is streamed out, straight from the registers into
+// streaming stores: the 32-byte lines that lie inside the block go out as they are
+// computed (8 f32, or 16 bf16 packed by pack_bf16x16), and only the partial lines at its
+// two ends pass through the LineStream (which joins a block's last partial line with the
+// next block's first). The staged route (compute into an L1 block, then LineStream copies
+// it out) stored and reloaded every element once more; for bf16 its bursts of streaming
+// stores (64 per block) also stalled the conversion's own stores behind them (a profile
+// put a third of the pass on that store). Measured for bf16 (Zen 3, bf16 512 x 32000,
+// bf16 gradient, 2 threads, A/B by a run-time switch in one process, paired medians of 24
+// rounds, both orders): 0.952 and 0.942 the time of the staged route. G: float or
+// uint16_t (bf16); g: the block's first element in the row, aligned to sizeof(G).
+template <class G>
 KD_ROW_INLINE void fkl_grad_stream(const float* __restrict eq, const float* __restrict ep, int64_t n, float cqs,
-                                   float cp, float a1, float* g, LineStream& out) {
+                                   float cp, float a1, G* g, LineStream& out) {
+  constexpr int64_t W = 32 / sizeof(G);  // elements per 32-byte line
   const FklGrad8 f(cqs, cp, a1);
-  alignas(32) float part[8];
-  const int64_t head = std::min<int64_t>(n, int64_t((32 - (reinterpret_cast<uintptr_t>(g) & 31)) & 31) / 4);
-  if (head > 0) {
-    _mm256_store_ps(part, f.at(eq, ep, FklGrad8::first(head)));
-    out.put(part, head * 4, g);
-  }
-  int64_t j = head;
-  for (; j + 8 <= n; j += 8) _mm256_stream_ps(g + j, f.at(eq + j, ep + j));
-  if (j < n) {
-    _mm256_store_ps(part, f.at(eq + j, ep + j, FklGrad8::first(n - j)));
-    out.put(part, (n - j) * 4, g + j);
-  }
-}
-
-// fkl_grad_stream for a bf16 gradient: 16 values per 32-byte streaming store, packed in
-// registers (pack_bf16x16), instead of converting a block into L1 (store_bf16x16) and
-// copying it out through the LineStream, whose bursts of streaming stores (64 per block)
-// stalled the conversion's own stores behind them (a profile of that route put a third of
-// the pass on the conversion's store). Measured (Zen 3, bf16 512 x 32000, bf16 gradient, 2
-// threads, A/B by a run-time switch in one process, paired medians of 24 rounds, both
-// orders): 0.952 and 0.942 the time. g: 2-byte aligned.
-KD_ROW_INLINE void fkl_grad_stream16(const float* __restrict eq, const float* __restrict ep, int64_t n, float cqs,
-                                     float cp, float a1, uint16_t* g, LineStream& out) {
-  const FklGrad8 f(cqs, cp, a1);
-  alignas(32) uint16_t part[16];
-  auto partial = [&](int64_t at, int64_t cnt) KD_ROW_INLINE_LAMBDA {  // cnt < 16 values at `at`, through `out`
-    const __m256 lo = f.at(eq + at, ep + at, FklGrad8::first(std::min<int64_t>(cnt, 8)));
-    const __m256 hi = f.at(eq + at + 8, ep + at + 8, FklGrad8::first(std::max<int64_t>(cnt - 8, 0)));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(part), pack_bf16x16(lo, hi));
-    out.put(part, cnt * 2, g + at);
+  auto line = [&](int64_t at, int64_t cnt) KD_ROW_INLINE_LAMBDA {  // elements [at, at + cnt), cnt <= W
+    if constexpr (W == 8) {
+      return _mm256_castps_si256(cnt == 8 ? f.at(eq + at, ep + at) : f.at(eq + at, ep + at, FklGrad8::first(cnt)));
+    } else {
+      if (cnt == 16) return pack_bf16x16(f.at(eq + at, ep + at), f.at(eq + at + 8, ep + at + 8));
+      return pack_bf16x16(f.at(eq + at, ep + at, FklGrad8::first(std::min<int64_t>(cnt, 8))),
+                          f.at(eq + at + 8, ep + at + 8, FklGrad8::first(std::max<int64_t>(cnt - 8, 0))));
+    }
   };
-  const int64_t head = std::min<int64_t>(n, int64_t((32 - (reinterpret_cast<uintptr_t>(g) & 31)) & 31) / 2);
+  alignas(32) G part[W];
+  auto partial = [&](int64_t at, int64_t cnt) KD_ROW_INLINE_LAMBDA {  // cnt < W elements, through `out`
+    _mm256_store_si256(reinterpret_cast<__m256i*>(part), line(at, cnt));
+    out.put(part, cnt * int64_t(sizeof(G)), g + at);
+  };
+  const int64_t head = std::min<int64_t>(n, int64_t((32 - (reinterpret_cast<uintptr_t>(g) & 31)) & 31) / int64_t(sizeof(G)));
   if (head > 0) partial(0, head);
   int64_t j = head;
-  for (; j + 16 <= n; j += 16)
-    _mm256_stream_si256(reinterpret_cast<__m256i*>(g + j), pack_bf16x16(f.at(eq + j, ep + j), f.at(eq + j + 8, ep + j + 8)));
+  for (; j + W <= n; j += W) _mm256_stream_si256(reinterpret_cast<__m256i*>(g + j), line(j, W));
   if (j < n) partial(j, n - j);
 }
 #endif
 
-// Where a row's gradient blocks go. f32: straight into the row. bf16 without a CE term (and
-// without the AVX512-BF16 conversion): rounded in the element loop, straight into the
-// row. Otherwise: staged as f32 in L1 (the CE term added there), then converted. Large
-// gradients go through L1 and out with streaming stores (P.stream); so does pass B of
-// forward KL in place (it reads z while it writes the same row).
+// Where a row's gradient blocks go (the rules: row_kernel, where g_b16 is set).
 struct GradOut {
   const Plan* P = nullptr;
   Scratch* S = nullptr;
@@ -617,7 +602,7 @@ struct GradPass {
   CeGrad ceg;
   bool g_b16 = false, div_grad_on = false, ce_grad = false;
   bool direct = false;  // AVX2 forward KL, f32 streamed, no CE: fkl_grad_stream
-  bool direct16 = false;  // the same, bf16 (without the AVX512-BF16 conversion): fkl_grad_stream16
+  bool direct16 = false;  // the same, bf16 (without the AVX512-BF16 conversion)
 
   template <class O>
   KD_ROW_INLINE void div_block(int64_t b, int64_t off, int64_t n, O* g) const {
@@ -635,7 +620,7 @@ struct GradPass {
     const int64_t off = b * kBlock, n = std::min(kBlock, v - off);
 #if defined(KD_ISA_avx2)
     if (direct) return fkl_grad_stream(eq + off, eg + off, n, cq[b] * sum_p, cp[b], a1, static_cast<float*>(go.grow) + off, go.out);
-    if (direct16) return fkl_grad_stream16(eq + off, eg + off, n, cq[b] * sum_p, cp[b], a1, static_cast<uint16_t*>(go.grow) + off, go.out);
+    if (direct16) return fkl_grad_stream(eq + off, eg + off, n, cq[b] * sum_p, cp[b], a1, static_cast<uint16_t*>(go.grow) + off, go.out);
 #endif
     if (g_b16) {  // (implies div_grad_on, no CE)
       uint16_t* hb = go.b16(false, off);
