@@ -290,6 +290,21 @@ describe('every CPU ISA level (AVX-512, AVX2, generic) agrees with the reference
         });
       });
 
+  // The first pass at AVX2 takes a block's exps relative to the running max of the blocks
+  // before it and its max in the same sweep, redoing a block whose max rises more than
+  // 16 / max(1/T, 1) above that (cpu/divergence.cc kFusedBlockMax): rises kept and redone,
+  // blocks 150 below the running max, and the CE's untempered exps at T = 2.
+  it('block-wise steps of the logits (rises, drops) at every level, every divergence, T = 1, 0.5, 2', () => {
+    for (const isa of supportedIsas())
+      withIsa(isa, () => {
+        for (const dtype of DTYPES)
+          for (const d of DIVS)
+            for (const temperature of [1, 0.5, 2]) expectPass({ n: 3, v: 8 * 1024 + 77, sDtype: dtype, ...d, temperature, blockSteps: true });
+        for (const d of DIVS.slice(0, 3))
+          expectPass({ n: 3, v: 8 * 1024 + 77, sDtype: 'f32', ...d, blockSteps: true, temperature: 2, labels: 'some-ignored', hardWeight: 0.5, softWeight: 0.5, labelSmoothing: 0.1 });
+      });
+  });
+
   // Forward KL's loss below AVX-512 is sum_b c_b (X_b / T + S_b K_b) from the first pass
   // (cpu/divergence.cc fkl_cross_block): for a teacher that is the student shifted by a
   // large constant, KL = 0 exactly, and the two parts must cancel to within f32 rounding

@@ -36,6 +36,12 @@ export interface DivCase {
   scale?: number;
   peaked?: boolean;
   negInf?: boolean;
+  /**
+   * Add a per-block offset (blocks of 1024 columns, the CPU row block) to both inputs:
+   * rises above every earlier block, small and large, and blocks far below the row max,
+   * so the CPU first pass's running-max shifts and their redo path are exercised.
+   */
+  blockSteps?: boolean;
   /** distillationLoss: CE weight (> 0 turns the case into a distillationLoss case). */
   hardWeight?: number;
   softWeight?: number;
@@ -60,6 +66,7 @@ export function caseName(c: DivCase): string {
   if (c.grad && c.grad !== 'new') parts.push(`grad:${c.grad}`);
   if (c.ldS || c.ldT || (c.vt && c.vt > c.v)) parts.push('strided');
   if (c.scale) parts.push(`scale=${c.scale}`);
+  if (c.blockSteps) parts.push('blockSteps');
   if (c.negInf) parts.push('-inf');
   if (c.hardWeight !== undefined) parts.push(`hw=${c.hardWeight}`);
   if (c.labelSmoothing) parts.push(`ls=${c.labelSmoothing}`);
@@ -88,6 +95,16 @@ export function build(c: DivCase, device: kd.Device = 'cpu'): Built {
   const tDtype = c.tDtype ?? c.sDtype;
   const s64 = randomLogits(c.n, ldS, { seed: (c.seed ?? 1234) + 1, scale: c.scale ?? 3, peaked: c.peaked ?? true });
   const t64 = randomLogits(c.n, ldT, { seed: (c.seed ?? 1234) + 2, scale: c.scale ?? 3, peaked: c.peaked ?? true });
+  if (c.blockSteps) {
+    // after block 0: +10 (kept at T = 1, redone at T = 0.5), +40 (redone), -150 (far
+    // below the running max: its exps flush), +41, -60, +95 (redone), 0; the teacher's
+    // pattern shifted by two blocks
+    const steps = [0, 10, 40, -150, 41, -60, 95, 0];
+    for (let i = 0; i < c.n; i++) {
+      for (let j = 0; j < ldS; j++) s64[i * ldS + j] += steps[(j >> 10) % steps.length]!;
+      for (let j = 0; j < ldT; j++) t64[i * ldT + j] += steps[((j >> 10) + 2) % steps.length]!;
+    }
+  }
   if (c.negInf && c.v > 1) {
     // banned tokens: the same columns are -inf for student and teacher (every divergence
     // stays finite), at most v - 1 of them per row

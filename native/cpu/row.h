@@ -316,7 +316,8 @@ KD_ROW_INLINE float max_block(const X* x, int64_t n) {
 #if defined(KD_ISA_avx512) || defined(KD_ISA_avx2)
 // The even/odd bf16 block max below (AVX-512, AVX2) ends here: the max of its w lane
 // values and of the elements x[j, n) its vector loop left. Same NaN rule as max_block.
-KD_ROW_INLINE float max_lanes_and_tail(const float* b, int w, const uint16_t* x, int64_t j, int64_t n) {
+template <class X>
+KD_ROW_INLINE float max_lanes_and_tail(const float* b, int w, const X* x, int64_t j, int64_t n) {
   float m = b[0];
   for (int l = 1; l < w; ++l) m = b[l] > m ? b[l] : m;
   for (; j < n; ++j) {
@@ -867,13 +868,22 @@ KD_ROW_INLINE float lanes_total(const __m256* acc, const float* tail, int64_t nt
   for (int64_t l = 0; l < ntail; ++l) b[l] += tail[l];
   return lane_tree_sum(b);
 }
-template <bool UNIT, bool NONPOS, class X>
+// exp_store's fused block max (max_out) keeps two max accumulators, alternate vectors
+// of a group: GCC spills them, and one spilled accumulator made a store-to-load chain of
+// every vector (jsd's first pass 1.04x the unfused time); four or eight cost more spills.
+// Measured (Zen 3, f32 512 x 32000, 2 threads, fused / unfused, paired medians): one:
+// forward KL 0.935, jsd 1.04; two: 0.93-0.95, 0.96-0.97; four: 0.963, 0.982; eight:
+// 0.95-0.975, 0.98-0.986.
+constexpr int kMaxAcc = 2;
+template <bool UNIT, bool NONPOS, bool MAX = false, class X>
 KD_ROW_INLINE void exp_sum_groups8(const X* __restrict x, int64_t j, int64_t end, __m256 sh, __m256 it,
-                                   float* __restrict e, __m256* acc) {
+                                   float* __restrict e, __m256* acc, __m256* mx = nullptr) {
   for (; j + kSumLanes <= end; j += kSumLanes) {
 #pragma GCC unroll 8
     for (int k = 0; k < kVecs; ++k) {
-      __m256 v = _mm256_sub_ps(load8(x + j + k * 8), sh);
+      const __m256 xv = load8(x + j + k * 8);
+      if constexpr (MAX) mx[k % kMaxAcc] = _mm256_max_ps(xv, mx[k % kMaxAcc]);  // xv > m ? xv : m: a NaN keeps m (max_block's rule)
+      __m256 v = _mm256_sub_ps(xv, sh);
       if (!UNIT) v = _mm256_mul_ps(v, it);
       const __m256 ev = NONPOS ? exp8_nonpos(v) : exp8(v);
       _mm256_storeu_ps(e + j + k * 8, ev);
@@ -883,9 +893,12 @@ KD_ROW_INLINE void exp_sum_groups8(const X* __restrict x, int64_t j, int64_t end
 }
 #endif
 
+// `max_out` (AVX2 only, see kFusedBlockMax): the block's max (max_block's value) is
+// taken in the exp sweep itself and stored there; the exps are exp8_nonpos's, so the
+// caller must redo the block when (max - shift) * inv_t comes out above kFusedMaxRise.
 template <class X>
 KD_ROW_INLINE float exp_store(const X* x, int64_t n, float shift, float inv_t, float* e, Prefetch pf = {},
-                                bool nonpos = false) {
+                                bool nonpos = false, float* max_out = nullptr) {
   const int64_t chunks = (n + kExpChunk - 1) / kExpChunk;
   const int64_t slice = chunks > 0 ? ((pf.bytes + chunks - 1) / chunks + 63) & ~int64_t(63) : 0;
 #if defined(KD_ISA_avx512)
@@ -912,10 +925,15 @@ KD_ROW_INLINE float exp_store(const X* x, int64_t n, float shift, float inv_t, f
   for (int k = 0; k < kVecs; ++k) acc[k] = _mm256_setzero_ps();
   const __m256 sh = _mm256_set1_ps(shift), it = _mm256_set1_ps(inv_t);
   const bool unit = inv_t == 1.0f;
+  __m256 mx[kMaxAcc];
+  for (int k = 0; k < kMaxAcc; ++k) mx[k] = bcast(-kInf);
   for (int64_t c = 0; c < n; c += kExpChunk) {
     pf.next(slice);
     const int64_t end = std::min(n, c + kExpChunk);
-    if (nonpos) {
+    if (max_out) {
+      if (unit) exp_sum_groups8<true, true, true>(x, c, end, sh, it, e, acc, mx);
+      else exp_sum_groups8<false, true, true>(x, c, end, sh, it, e, acc, mx);
+    } else if (nonpos) {
       if (unit) exp_sum_groups8<true, true>(x, c, end, sh, it, e, acc);
       else exp_sum_groups8<false, true>(x, c, end, sh, it, e, acc);
     } else {
@@ -924,6 +942,12 @@ KD_ROW_INLINE float exp_store(const X* x, int64_t n, float shift, float inv_t, f
     }
   }
   const int64_t done = n / kSumLanes * kSumLanes;  // chunks hold whole groups: the tail is at the end
+  if (max_out) {
+    for (int k = 1; k < kMaxAcc; ++k) mx[0] = _mm256_max_ps(mx[k], mx[0]);  // (max: exact in any order)
+    float b[8];
+    std::memcpy(b, &mx[0], sizeof b);
+    *max_out = max_lanes_and_tail(b, 8, x, done, n);
+  }
   exp_chunk(x + done, n - done, shift, inv_t, e + done);
   return lanes_total(acc, e + done, n - done);
 #else
@@ -946,13 +970,17 @@ struct RowSoftmax {
 
 // Combines the per-block maxima and sums into the row's statistics and the per-block
 // scales c_b. A block of only -inf contributes nothing; a NaN anywhere makes S NaN.
-inline RowSoftmax combine_blocks(const float* bmax, const float* bsum, int64_t nb, float inv_t, float* c) {
+// The block sums are relative to block_shift(bmax[b]), or to shift[b] where given (the
+// divergence engine's fused first pass: a running max of the earlier blocks).
+inline RowSoftmax combine_blocks(const float* bmax, const float* bsum, int64_t nb, float inv_t, float* c,
+                                 const float* shift = nullptr) {
   RowSoftmax r;
   float m = -kInf;
   for (int64_t b = 0; b < nb; ++b) m = bmax[b] > m ? bmax[b] : m;
   r.m = m;
   auto weight = [&](int64_t b) {  // exp((shift_b - m) / T); 0 for an empty (all -inf) block
-    return bsum[b] == 0.0f ? 0.0 : std::exp((double(block_shift(bmax[b])) - double(m)) * double(inv_t));
+    const float sh = shift ? shift[b] : block_shift(bmax[b]);
+    return bsum[b] == 0.0f ? 0.0 : std::exp((double(sh) - double(m)) * double(inv_t));
   };
   double s = 0.0;
   for (int64_t b = 0; b < nb; ++b)
