@@ -695,6 +695,31 @@ constexpr float kFusedMaxRise = 16.0f;
 KD_ROW_INLINE bool fused_max(int64_t b, float running) {
   return kFusedBlockMax && b > 0 && std::isfinite(running);
 }
+// Pass A for one input's block b: e = exp((x - shift) * inv_t), and the block's max, the
+// shift taken and the sum stored at mx[b], sh[b], sm[b]; `running` (the max of the blocks
+// before) updated. Fused (above), the shift is `running` unless the block's max rises more
+// than kFusedMaxRise / rise_k above it; otherwise it is the block's own max.
+template <class X>
+KD_ROW_INLINE void first_pass_block(const X* x, int64_t n, int64_t b, float inv_t, float rise_k, float* e,
+                                    Prefetch pf, float& running, float* mx, float* sh, float* sm) {
+  float m, s, sum;
+  if (fused_max(b, running)) {
+    s = running;
+    sum = exp_store(x, n, s, inv_t, e, pf, true, &m);
+    if (!((m - s) * rise_k <= kFusedMaxRise)) {  // redone relative to its own max
+      s = block_shift(m);
+      sum = exp_store(x, n, s, inv_t, e, {}, true);
+    }
+  } else {
+    m = max_block(x, n);
+    s = block_shift(m);
+    sum = exp_store(x, n, s, inv_t, e, pf, true);
+  }
+  running = m > running ? m : running;
+  mx[b] = m;
+  sh[b] = s;
+  sm[b] = sum;
+}
 
 template <int DIV, bool GRAD>
 void row_kernel(const Plan& P, int64_t i, int64_t next, Scratch& S) {
@@ -730,29 +755,14 @@ void row_kernel(const Plan& P, int64_t i, int64_t next, Scratch& S) {
   // whose max rises more than kFusedMaxRise / max(1/T, 1) above that shift is redone
   // relative to its own max.)
   float rz = -kInf, rt = -kInf;  // running maxima of the blocks so far
-  const float rise_k = inv_t > 1.0f ? inv_t : 1.0f;
+  const float rise_k = inv_t > 1.0f ? inv_t : 1.0f;  // z's rises bound the CE's untempered exps too
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t off = b * kBlock, n = std::min(kBlock, v - off);
     // A later block streams in from memory while this one computes.
     with_block(zrow, a.s_dtype, off, n, S.zbuf, [&](const auto* z) {
-      const Prefetch pf = prefetch_ahead(zrow, a.s_dtype, off, v);
-      float mz, sz, sum;
-      if (fused_max(b, rz)) {
-        sz = rz;
-        sum = exp_store(z, n, sz, inv_t, eq + off, pf, true, &mz);
-        if (!((mz - sz) * rise_k <= kFusedMaxRise)) {
-          sz = block_shift(mz);
-          sum = exp_store(z, n, sz, inv_t, eq + off, {}, true);
-        }
-      } else {
-        mz = max_block(z, n);
-        sz = block_shift(mz);
-        sum = exp_store(z, n, sz, inv_t, eq + off, pf, true);
-      }
-      rz = mz > rz ? mz : rz;
-      blk[kQMax][b] = mz;
-      blk[kQShift][b] = sz;
-      blk[kQSum][b] = sum;
+      first_pass_block(z, n, b, inv_t, rise_k, eq + off, prefetch_ahead(zrow, a.s_dtype, off, v), rz, blk[kQMax],
+                       blk[kQShift], blk[kQSum]);
+      const float sz = blk[kQShift][b];
       if (own_q0) {
         float* e = GRAD && P.use_hard ? e0 + off : S.tmp[0];
         blk[k0Sum][b] = exp_store(z, n, sz, 1.0f, e, {}, true);
@@ -761,30 +771,19 @@ void row_kernel(const Plan& P, int64_t i, int64_t next, Scratch& S) {
     });
     if (kHasDiv) {
       with_block(trow, a.t_dtype, off, n, S.tbuf, [&](const auto* t) {
-        const Prefetch pf = prefetch_ahead(trow, a.t_dtype, off, v);
-        float mt = 0.0f, st = 0.0f, sum;
-        if (P.t_raw) {
-          sum = exp_store(t, n, 0.0f, 1.0f, ep + off, pf, false);
-        } else if (fused_max(b, rt)) {
-          st = rt;
-          sum = exp_store(t, n, st, inv_t, ep + off, pf, true, &mt);
-          if (!((mt - st) * inv_t <= kFusedMaxRise)) {
-            st = block_shift(mt);
-            sum = exp_store(t, n, st, inv_t, ep + off, {}, true);
-          }
+        if (P.t_raw) {  // log p = t: no shift
+          blk[kPMax][b] = blk[kPShift][b] = 0.0f;
+          blk[kPSum][b] = exp_store(t, n, 0.0f, 1.0f, ep + off, prefetch_ahead(trow, a.t_dtype, off, v), false);
         } else {
-          mt = max_block(t, n);
-          st = block_shift(mt);
-          sum = exp_store(t, n, st, inv_t, ep + off, pf, true);
+          first_pass_block(t, n, b, inv_t, inv_t, ep + off, prefetch_ahead(trow, a.t_dtype, off, v), rt, blk[kPMax],
+                           blk[kPShift], blk[kPSum]);
         }
-        rt = mt > rt ? mt : rt;
-        blk[kPMax][b] = mt;
-        blk[kPShift][b] = st;
-        blk[kPSum][b] = sum;
+        const float st = blk[kPShift][b];
         if constexpr (DIV == kForwardKl && kFklLossInPassA) {
           // z's block, still in L1: in place (f32, bf16), or as staged in S.zbuf above (f16)
           // (Fusing this sum into exp_store's sweep, while t_j - st is in a register, measured
-          // 8% slower on Zen 3 at AVX2: a second set of 8 lane accumulators spills.)
+          // 8% slower on Zen 3 at AVX2: a second set of 8 lane accumulators spills. With two
+          // accumulators, in the fused-max sweep: 0.98 without a gradient, 1.03 with one.)
           const float sz = blk[kQShift][b];
           if (a.s_dtype == kF16) blk[kCross][b] = fkl_cross_block(static_cast<const float*>(S.zbuf), t, ep + off, n, sz, st);
           else with_block(zrow, a.s_dtype, off, n, S.zbuf, [&](const auto* z) {
