@@ -670,7 +670,7 @@ constexpr bool kBf16InLoopG = true;
 #endif
 
 // The first pass's block max, fused into its exp sweep (row.h exp_store's max_out), at
-// AVX2. A block after the first takes its exps relative to the running max r of the
+// AVX2 (row.h kFusedBlockMax). A block after the first takes its exps relative to the running max r of the
 // blocks before it, e_j = exp((x_j - r)/T), and finds its own max in the same sweep: one
 // read of the block from L1 instead of two (the separate max sweep was ~10% of the
 // first pass). If the block's max rises above r by more than kFusedMaxRise (in units of
@@ -686,14 +686,9 @@ constexpr bool kBf16InLoopG = true;
 // 0.93-0.96, without a gradient 0.94-0.95, jsd 0.96-0.97, reverse KL 0.93-0.95, tvd 0.96;
 // bf16 forward KL 0.96, jsd 0.97; f32 256 x 151936 forward KL 0.96, jsd 0.98, reverse
 // KL 0.96.
-#if defined(KD_ISA_avx2)
-constexpr bool kFusedBlockMax = true;
-#else
-constexpr bool kFusedBlockMax = false;
-#endif
 constexpr float kFusedMaxRise = 16.0f;
-KD_ROW_INLINE bool fused_max(int64_t b, float running) {
-  return kFusedBlockMax && b > 0 && std::isfinite(running);
+KD_ROW_INLINE bool fused_max(float running) {  // running: -inf before the first block
+  return kFusedBlockMax && std::isfinite(running);
 }
 // Pass A for one input's block b: e = exp((x - shift) * inv_t), and the block's max, the
 // shift taken and the sum stored at mx[b], sh[b], sm[b]; `running` (the max of the blocks
@@ -703,7 +698,7 @@ template <class X>
 KD_ROW_INLINE void first_pass_block(const X* x, int64_t n, int64_t b, float inv_t, float rise_k, float* e,
                                     Prefetch pf, float& running, float* mx, float* sh, float* sm) {
   float m, s, sum;
-  if (fused_max(b, running)) {
+  if (fused_max(running)) {
     s = running;
     sum = exp_store(x, n, s, inv_t, e, pf, true, &m);
     if (!((m - s) * rise_k <= kFusedMaxRise)) {  // redone relative to its own max

@@ -893,9 +893,15 @@ KD_ROW_INLINE void exp_sum_groups8(const X* __restrict x, int64_t j, int64_t end
 }
 #endif
 
-// `max_out` (AVX2 only, see kFusedBlockMax): the block's max (max_block's value) is
-// taken in the exp sweep itself and stored there; the exps are exp8_nonpos's, so the
-// caller must redo the block when (max - shift) * inv_t comes out above kFusedMaxRise.
+// `max_out` (only where kFusedBlockMax; other levels ignore it): the block's max
+// (max_block's value) is taken in the exp sweep itself and stored there; the exps are
+// exp8_nonpos's, so the caller must redo the block when (max - shift) * inv_t comes out
+// above its bound (divergence.cc kFusedMaxRise).
+#if defined(KD_ISA_avx2)
+constexpr bool kFusedBlockMax = true;
+#else
+constexpr bool kFusedBlockMax = false;
+#endif
 template <class X>
 KD_ROW_INLINE float exp_store(const X* x, int64_t n, float shift, float inv_t, float* e, Prefetch pf = {},
                                 bool nonpos = false, float* max_out = nullptr) {

@@ -52,6 +52,9 @@ using row::row_ptr;
 using row::store_block;
 using row::write_loss;
 using row::zero_row;
+using row::block_shift;
+using row::combine_blocks;
+using row::RowSoftmax;
 
 // Blocks meet in double, in order (bitwise deterministic).
 KD_ROW_INLINE float block_max(const float* __restrict x, int64_t n) {
@@ -70,30 +73,6 @@ KD_ROW_INLINE float exp_block(const float* __restrict x, int64_t n, float shift,
   });
   return lane_sum(acc);
 }
-KD_ROW_INLINE float block_shift(float bmax) { return bmax == -kInf ? 0.0f : bmax; }
-
-struct RowSoftmax {
-  float m = 0.0f;  // raw row max
-  double s = 1.0;  // S = sum_j e^{(z_j - m)/T}: log q_j = (z_j - m)/T - log S
-};
-// Row max and S from the per-block maxima and sums, and the per-block scales c_b
-// (q_j = e_j c_b). A block of only -inf contributes nothing; a NaN makes S NaN.
-RowSoftmax combine_blocks(const float* bmax, const float* bsum, int64_t nb, float inv_t, float* c) {
-  RowSoftmax r;
-  float m = -kInf;
-  for (int64_t b = 0; b < nb; ++b) m = bmax[b] > m ? bmax[b] : m;
-  r.m = m;
-  auto weight = [&](int64_t b) {
-    return bsum[b] == 0.0f ? 0.0 : std::exp((double(block_shift(bmax[b])) - double(m)) * double(inv_t));
-  };
-  double s = 0.0;
-  for (int64_t b = 0; b < nb; ++b)
-    if (bsum[b] != 0.0f) s += double(bsum[b]) * weight(b);
-  for (int64_t b = 0; b < nb; ++b) c[b] = float(weight(b) / s);
-  r.s = s;
-  return r;
-}
-
 enum Blk { kBMax, kBSum, kBScale, kTShift, kTSum, kNumBlk };
 
 // Per-thread rows: the cached exp row, per-block arrays, L1 staging buffers.
